@@ -1,0 +1,727 @@
+#!/usr/bin/env python3
+"""lazymem benchmarks: lazy vs eager vs zarr vs the decode floor, on a local file in the page cache.
+
+    python3 benchmarks/run.py --quick     # 256 MiB, 3 repetitions, < 2 minutes
+    python3 benchmarks/run.py             # 1 GiB, 5 repetitions, plus a 16 GiB zeros array
+
+Writes ``benchmarks/results/results-{quick,full}.json`` and ``benchmarks/results/touched_fraction.png``
+(``--out`` to change), prints Markdown tables. Data files go to ``benchmarks/data/`` (git-ignored)
+and are reused when they match. Contenders of a scenario run alternately within each repetition
+(rotating the order) and must give identical answers; medians are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
+
+import contenders  # noqa: E402
+import datagen  # noqa: E402
+import lazymem  # noqa: E402
+
+MiB = 2**20
+GiB = 2**30
+CHUNK_BYTES = 4 * MiB
+LEVEL = 3
+FRACTIONS = [0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0]
+SPARSE_FRACTIONS = [0.001, 0.01, 0.1]
+
+
+def log(*args: Any) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- machine description
+
+
+def machine_info() -> dict[str, Any]:
+    import zstandard
+
+    info: dict[str, Any] = {
+        "nproc": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "zstandard": zstandard.__version__,
+        "lazymem": getattr(lazymem, "__version__", "?"),
+    }
+    try:
+        import zarr
+
+        info["zarr"] = zarr.__version__
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    info["memory_gib"] = round(int(line.split()[1]) / 2**20, 1)
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return info
+
+
+# --------------------------------------------------------------------------- data
+
+
+class Dataset:
+    """The benchmark field in three formats: lazymem's .npy.zst, a plain .npy, a zarr v3 array."""
+
+    def __init__(self, directory: Path, nbytes: int, seed: int = 0) -> None:
+        self.n_time = datagen.n_steps_for(nbytes)
+        self.shape = (self.n_time, datagen.N_LAT, datagen.N_LON)
+        self.nbytes = int(np.prod(self.shape)) * 4
+        stem = f"field-{self.nbytes // MiB}MiB-s{seed}"
+        self.dir = directory
+        self.zst = directory / f"{stem}.npy.zst"
+        self.npy = directory / f"{stem}.npy"
+        self.zarr = directory / f"{stem}.zarr"
+        self.meta_path = directory / f"{stem}.json"
+        self.seed = seed
+        self.meta = {"shape": list(self.shape), "seed": seed, "generator": datagen.GENERATOR_VERSION,
+                     "chunk_bytes": CHUNK_BYTES, "level": LEVEL}
+
+    def ready(self) -> bool:
+        if not all(p.exists() for p in (self.zst, self.npy, self.zarr, self.meta_path)):
+            return False
+        try:
+            return json.loads(self.meta_path.read_text()) == self.meta
+        except ValueError:
+            return False
+
+    def build(self) -> None:
+        import zarr
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.ready():
+            log(f"data: reusing {self.zst.name} ({self.zst.stat().st_size / MiB:.0f} MiB compressed)")
+            return
+        log(f"data: generating {self.shape} float32 ({self.nbytes / MiB:.0f} MiB) ...")
+        t = time.perf_counter()
+        field = datagen.generate(self.n_time, self.seed)
+        log(f"data: generated in {time.perf_counter() - t:.1f} s; saving .npy.zst, .npy, .zarr ...")
+        t = time.perf_counter()
+        lazymem.save(str(self.zst), field, chunk_bytes=CHUNK_BYTES, level=LEVEL)
+        log(f"data: lazymem.save {time.perf_counter() - t:.1f} s")
+        np.save(self.npy, field)
+        if self.zarr.exists():
+            shutil.rmtree(self.zarr)
+        steps_per_chunk = CHUNK_BYTES // datagen.STEP_BYTES  # (8, 256, 512) float32 = 4 MiB, as lazymem's
+        t = time.perf_counter()
+        z = zarr.create_array(store=str(self.zarr), shape=self.shape, dtype="float32",
+                              chunks=(steps_per_chunk, datagen.N_LAT, datagen.N_LON),
+                              compressors=zarr.codecs.ZstdCodec(level=LEVEL))
+        z[:] = field
+        log(f"data: zarr write {time.perf_counter() - t:.1f} s")
+        del field, z
+        self.meta_path.write_text(json.dumps(self.meta))
+
+    @property
+    def compressed_bytes(self) -> int:
+        return self.zst.stat().st_size
+
+    def warm_page_cache(self) -> None:
+        """Read every file once so that all contenders start from the OS page cache."""
+        for path in [self.zst, self.npy, *sorted(self.zarr.rglob("*"))]:
+            if path.is_file():
+                with open(path, "rb") as f:
+                    while f.read(16 * MiB):
+                        pass
+
+
+def warm_memory(nbytes: int) -> None:
+    """Touch fresh memory once: the VM's first touch of never-used memory is ~10x slower (DESIGN.md)."""
+    block = np.ones(nbytes // 8, dtype=np.float64)
+    block[::512] += 1.0
+    del block
+
+
+# --------------------------------------------------------------------------- timing helpers
+
+
+def monitor_cpu_seconds() -> float | None:
+    """CPU time (user + system) used so far by the lazymem monitor process, if it is running."""
+    try:
+        from lazymem.monitor.client import get_client
+
+        pid = get_client().monitor_pid
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except Exception:  # noqa: BLE001 - purely informative
+        return None
+
+
+def lazy_stats_dict(arr: Any) -> dict[str, Any]:
+    s = lazymem.stats(arr)
+    return {"bytes_fetched": s.bytes_fetched, "chunks_installed": s.chunks_installed,
+            "chunks_total": s.chunks_total, "faults": s.faults, "readahead_chunks": s.readahead_chunks,
+            "fetch_seconds": s.fetch_seconds, "install_seconds": s.install_seconds}
+
+
+class Contender:
+    """One way to get the answer: ``fn()`` returns (answer, info); info may hold lazymem stats."""
+
+    def __init__(self, name: str, fn: Callable[[], tuple[Any, dict[str, Any]]]) -> None:
+        self.name = name
+        self.fn = fn
+        self.times: list[float] = []
+        self.infos: list[dict[str, Any]] = []
+        self.answer: Any = None
+
+    def run_once(self) -> None:
+        gc.collect()
+        cpu0 = monitor_cpu_seconds()
+        p0 = time.process_time()
+        t0 = time.perf_counter()
+        answer, info = self.fn()
+        elapsed = time.perf_counter() - t0
+        info = dict(info)
+        info["app_cpu_seconds"] = time.process_time() - p0
+        cpu1 = monitor_cpu_seconds()
+        if cpu0 is not None and cpu1 is not None:
+            info["monitor_cpu_seconds"] = cpu1 - cpu0
+        self.times.append(elapsed)
+        self.infos.append(info)
+        self.answer = answer
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "median_s": statistics.median(self.times),
+                               "min_s": min(self.times), "times_s": self.times}
+        keys = set().union(*(i.keys() for i in self.infos)) if self.infos else set()
+        for key in sorted(keys):
+            values = [i[key] for i in self.infos if key in i]
+            if values and all(isinstance(v, (int, float)) for v in values):
+                out[key] = statistics.median(values)
+        return out
+
+
+def same(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.array_equal(np.asarray(a), np.asarray(b))
+    return a == b
+
+
+def compete(title: str, entrants: list[Contender], reps: int, warmup: bool = True) -> list[dict[str, Any]]:
+    """Run the entrants alternately (rotating order) ``reps`` times; check they agree."""
+    if warmup:
+        for c in entrants:
+            c.run_once()
+            c.times.clear()
+            c.infos.clear()
+    for rep in range(reps):
+        k = rep % len(entrants)
+        for c in entrants[k:] + entrants[:k]:
+            c.run_once()
+    reference = entrants[0]
+    for c in entrants[1:]:
+        if not same(c.answer, reference.answer):
+            raise AssertionError(f"{title}: {c.name} disagrees with {reference.name}: "
+                                 f"{c.answer!r} != {reference.answer!r}")
+    results = [c.summary() for c in entrants]
+    log(f"  {title}: " + ", ".join(f"{r['name']} {r['median_s'] * 1e3:.1f} ms" for r in results))
+    for c in entrants:
+        c.answer = None
+    return results
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def full_scan(ds: Dataset, reps: int) -> list[dict[str, Any]]:
+    import zarr
+
+    url = str(ds.zst)
+
+    def lazy() -> tuple[Any, dict[str, Any]]:
+        a = lazymem.open(url)
+        total = np.sum(a, dtype=np.float64)
+        info = lazy_stats_dict(a)
+        a.close()
+        return float(total), info
+
+    def load() -> tuple[Any, dict[str, Any]]:
+        return float(np.sum(lazymem.load(url), dtype=np.float64)), {}
+
+    def naive() -> tuple[Any, dict[str, Any]]:
+        return float(np.sum(contenders.naive_load(url), dtype=np.float64)), {}
+
+    floor = contenders.DecodeFloor(url)
+
+    def decode_floor() -> tuple[Any, dict[str, Any]]:
+        floor.run()
+        return None, {}
+
+    def zarr_read() -> tuple[Any, dict[str, Any]]:
+        z = zarr.open_array(str(ds.zarr), mode="r")
+        return float(np.sum(z[:], dtype=np.float64)), {}
+
+    def npy_load() -> tuple[Any, dict[str, Any]]:
+        return float(np.sum(np.load(ds.npy), dtype=np.float64)), {}
+
+    def npy_mmap() -> tuple[Any, dict[str, Any]]:
+        return float(np.sum(np.load(ds.npy, mmap_mode="r"), dtype=np.float64)), {}
+
+    entrants = [Contender("lazymem.open + sum", lazy), Contender("lazymem.load + sum", load),
+                Contender("naive serial zstd + sum", naive), Contender("decode floor (no sum)", decode_floor),
+                Contender("zarr z[:] + sum", zarr_read), Contender("np.load(.npy) + sum", npy_load),
+                Contender("np.load(.npy, mmap) + sum", npy_mmap)]
+    try:
+        # The floor produces no sum: check its buffer once, outside timing, then leave it out of
+        # the agreement check.
+        floor.run()
+        if not np.array_equal(floor.out, np.load(ds.npy, mmap_mode="r")):
+            raise AssertionError("decode floor: decoded data differs from the .npy")
+        results = _compete_floor(entrants, reps)
+    finally:
+        floor.close()
+    return results
+
+
+def _compete_floor(entrants: list[Contender], reps: int) -> list[dict[str, Any]]:
+    # Same as compete(), but the floor (answer None) is not compared.
+    floor = entrants[3]
+    for c in entrants:
+        c.run_once()
+        c.times.clear()
+        c.infos.clear()
+    for rep in range(reps):
+        k = rep % len(entrants)
+        for c in entrants[k:] + entrants[:k]:
+            c.run_once()
+    reference = entrants[0]
+    for c in entrants[1:]:
+        if c is floor:
+            continue
+        if not same(c.answer, reference.answer):
+            raise AssertionError(f"full scan: {c.name} disagrees with {reference.name}: "
+                                 f"{c.answer!r} != {reference.answer!r}")
+    results = [c.summary() for c in entrants]
+    log("  full scan: " + ", ".join(f"{r['name']} {r['median_s'] * 1e3:.0f} ms" for r in results))
+    return results
+
+
+def chunk_sample(ds: Dataset, fraction: float, seed: int = 1) -> tuple[np.ndarray, int]:
+    """Flat element indices: one random element in each of ``fraction`` of the chunks (random chunks)."""
+    per_chunk = CHUNK_BYTES // 4
+    n_chunks = -(-int(np.prod(ds.shape)) // per_chunk)
+    k = max(1, round(fraction * n_chunks))
+    rng = np.random.default_rng(seed)
+    chunks = np.sort(rng.choice(n_chunks, size=k, replace=False))
+    total = int(np.prod(ds.shape))
+    offsets = rng.integers(0, per_chunk, size=k)
+    idx = np.minimum(chunks * per_chunk + offsets, total - 1)
+    return idx.astype(np.int64), n_chunks
+
+
+def touched_fraction(ds: Dataset, reps: int, fractions: list[float]) -> list[dict[str, Any]]:
+    """One element in each of a fraction of the chunks: the cost of laziness vs loading everything."""
+    import zarr
+
+    url = str(ds.zst)
+    table = contenders.SeekTable(url)
+    out = []
+    for fraction in fractions:
+        idx, n_chunks = chunk_sample(ds, fraction)
+        coords = np.unravel_index(idx, ds.shape)
+        touched = np.unique(idx // (CHUNK_BYTES // 4))
+        ideal_bytes = int(table.csize[1 + touched].sum())  # frame 0 is the header
+
+        def lazy() -> tuple[Any, dict[str, Any]]:
+            a = lazymem.open(url)
+            values = a.reshape(-1)[idx]
+            info = lazy_stats_dict(a)
+            a.close()
+            return values, info
+
+        def load() -> tuple[Any, dict[str, Any]]:
+            return lazymem.load(url).reshape(-1)[idx], {"bytes_fetched": ds.compressed_bytes}
+
+        def zarr_vindex() -> tuple[Any, dict[str, Any]]:
+            z = zarr.open_array(str(ds.zarr), mode="r")
+            return z.vindex[coords], {}
+
+        def zarr_loop() -> tuple[Any, dict[str, Any]]:
+            z = zarr.open_array(str(ds.zarr), mode="r")
+            return np.array([z[t, i, j] for t, i, j in zip(*coords)], dtype=np.float32), {}
+
+        def mmap() -> tuple[Any, dict[str, Any]]:
+            return np.load(ds.npy, mmap_mode="r").reshape(-1)[idx], {}
+
+        entrants = [Contender("lazymem.open", lazy), Contender("lazymem.load", load),
+                    Contender("zarr vindex", zarr_vindex)]
+        if fraction <= 0.1:
+            entrants += [Contender("zarr z[t,i,j] loop", zarr_loop), Contender("npy mmap", mmap)]
+        results = compete(f"touched {fraction:g} ({len(touched)}/{n_chunks} chunks)", entrants, reps)
+        out.append({"fraction": fraction, "chunks_touched": len(touched), "chunks_total": n_chunks,
+                    "ideal_bytes": ideal_bytes, "results": results})
+    return out
+
+
+def strided(ds: Dataset, reps: int) -> list[dict[str, Any]]:
+    import zarr
+
+    url = str(ds.zst)
+    nt, ny, nx = ds.shape
+    cases: list[tuple[str, Callable[[Any], Any], Callable[[Any], Any]]] = [
+        # (name, numpy access, zarr access)
+        ("every 1000th element", lambda a: np.asarray(a.reshape(-1)[::1000]).copy(),
+         None),
+        ("time series at one point a[:, 128, 256]", lambda a: np.array(a[:, ny // 2, nx // 2]),
+         lambda z: z[:, ny // 2, nx // 2]),
+        ("every 64th time step a[::64].mean()", lambda a: float(np.mean(a[::64], dtype=np.float64)),
+         lambda z: float(np.mean(z[::64], dtype=np.float64))),
+    ]
+    out = []
+    for name, access, zaccess in cases:
+        def lazy(access: Any = access) -> tuple[Any, dict[str, Any]]:
+            a = lazymem.open(url)
+            value = access(a)
+            info = lazy_stats_dict(a)
+            a.close()
+            return value, info
+
+        def load(access: Any = access) -> tuple[Any, dict[str, Any]]:
+            return access(lazymem.load(url)), {}
+
+        def mmap(access: Any = access) -> tuple[Any, dict[str, Any]]:
+            return access(np.load(ds.npy, mmap_mode="r")), {}
+
+        def zarr_read(zaccess: Any = zaccess) -> tuple[Any, dict[str, Any]]:
+            return zaccess(zarr.open_array(str(ds.zarr), mode="r")), {}
+
+        def zarr_flat(access: Any = access) -> tuple[Any, dict[str, Any]]:
+            # zarr has no flat strided view: step along the flattened array by hand.
+            z = zarr.open_array(str(ds.zarr), mode="r")
+            flat = np.arange(0, nt * ny * nx, 1000)
+            return z.vindex[np.unravel_index(flat, ds.shape)], {}
+
+        entrants = [Contender("lazymem.open", lazy), Contender("lazymem.load", load),
+                    Contender("zarr", zarr_read if zaccess is not None else zarr_flat),
+                    Contender("npy mmap", mmap)]
+        out.append({"case": name, "results": compete(name, entrants, reps)})
+    return out
+
+
+def first_element(ds: Dataset, reps: int, huge: list[tuple[str, str, int]]) -> tuple[list, list]:
+    """open() + one element, monitor already running: what a user waits for before the first value."""
+    import zarr
+
+    out, errors = [], []
+    targets = [(f"{ds.nbytes // MiB} MiB field", str(ds.zst), ds.nbytes)] + huge
+    for label, url, nbytes in targets:
+        opens: list[float] = []
+        firsts: list[float] = []
+        lasts: list[float] = []
+        totals: list[float] = []
+        try:
+            for _ in range(max(reps, 5)):
+                gc.collect()
+                t0 = time.perf_counter()
+                a = lazymem.open(url)
+                t1 = time.perf_counter()
+                flat = a.reshape(-1)
+                v0 = float(flat[0])
+                t2 = time.perf_counter()
+                v1 = float(flat[-1])
+                t3 = time.perf_counter()
+                st = lazymem.stats(a)
+                a.close()
+                del a, flat
+                opens.append(t1 - t0)
+                firsts.append(t2 - t1)
+                lasts.append(t3 - t2)
+                totals.append(t2 - t0)
+        except Exception as exc:  # noqa: BLE001 - reported in the results, not fatal
+            log(f"  first element, {label}: FAILED {type(exc).__name__}: {exc}")
+            errors.append({"target": label, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        entry = {"target": label, "nbytes": nbytes, "file_bytes": os.path.getsize(url),
+                 "open_s": statistics.median(opens), "first_touch_s": statistics.median(firsts),
+                 "last_element_s": statistics.median(lasts), "open_plus_first_s": statistics.median(totals),
+                 "chunks_total": st.chunks_total, "values": [v0, v1]}
+        if url == str(ds.zst):
+            zt, mt = [], []
+            for _ in range(max(reps, 5)):
+                t0 = time.perf_counter()
+                z = zarr.open_array(str(ds.zarr), mode="r")
+                zv = float(z[0, 0, 0])
+                zt.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                m = np.load(ds.npy, mmap_mode="r")
+                mv = float(m[0, 0, 0])
+                mt.append(time.perf_counter() - t0)
+                del m
+            assert zv == mv == v0, (zv, mv, v0)
+            entry["zarr_open_plus_first_s"] = statistics.median(zt)
+            entry["npy_mmap_open_plus_first_s"] = statistics.median(mt)
+        elif v0 != 0.0 or v1 != 0.0:
+            raise AssertionError(f"{label}: zeros array read back {v0}, {v1}")
+        log(f"  first element, {label}: open {entry['open_s'] * 1e3:.1f} ms + a[0] "
+            f"{entry['first_touch_s'] * 1e3:.1f} ms")
+        out.append(entry)
+    return out, errors
+
+
+def make_huge(directory: Path, quick: bool) -> list[tuple[str, str, int]]:
+    """Huge all-zeros arrays that cost nothing to store: 1 TiB written directly, 16 GiB via lazymem.save."""
+    out = []
+    tib = directory / "zeros-1TiB.npy.zst"
+    if not tib.exists():
+        contenders.write_zeros_seekable(str(tib), 2**40 // 4)
+    out.append(("1 TiB zeros (hand-written file)", str(tib), 2**40))
+    if not quick:
+        g16 = directory / "zeros-16GiB-saved.npy.zst"
+        if not g16.exists():
+            t = time.perf_counter()
+            lazymem.save(str(g16), np.broadcast_to(np.float32(0), (16 * GiB // 4,)))
+            log(f"data: lazymem.save of a 16 GiB broadcast zeros view: {time.perf_counter() - t:.1f} s, "
+                f"{g16.stat().st_size / MiB:.1f} MiB")
+        out.append(("16 GiB zeros (lazymem.save of a broadcast view)", str(g16), 16 * GiB))
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt_s(s: float) -> str:
+    if s < 1e-3:
+        return f"{s * 1e6:.0f} µs"
+    if s < 1:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s:.2f} s"
+
+
+def fmt_mb(b: float) -> str:
+    return f"{b / MiB:,.1f} MiB"
+
+
+def by_name(results: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    return next(r for r in results if r["name"] == name)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines: list[str] = []
+    m = report["machine"]
+    ds = report["dataset"]
+    lines.append(f"Machine: {m.get('cpu', '?')}, {m['nproc']} CPUs, {m.get('memory_gib', '?')} GiB RAM, "
+                 f"Linux {m['kernel']}; Python {m['python']}, numpy {m['numpy']}, zstandard {m['zstandard']}, "
+                 f"zarr {m.get('zarr', '-')}, lazymem {m['lazymem']}.")
+    lines.append(f"Data: float32 {tuple(ds['shape'])} = {fmt_mb(ds['nbytes'])}, {fmt_mb(ds['compressed_bytes'])} "
+                 f"compressed (ratio {ds['nbytes'] / ds['compressed_bytes']:.2f}), 4 MiB chunks, zstd level 3, "
+                 f"local file in the page cache. Medians of {report['reps']} alternating repetitions.")
+    lines.append("")
+
+    scan = report["full_scan"]
+    floor = by_name(scan, "decode floor (no sum)")["median_s"]
+    lines.append("### Full scan: `np.sum(a, dtype=np.float64)`")
+    lines.append("")
+    lines.append("| contender | median | GB/s (uncompressed) | × decode floor | notes |")
+    lines.append("|---|---:|---:|---:|---|")
+    for r in scan:
+        note = ""
+        if "bytes_fetched" in r:
+            note = (f"fetched {fmt_mb(r['bytes_fetched'])}, {r['chunks_installed']:.0f} chunks "
+                    f"({r['readahead_chunks']:.0f} by readahead), {r['faults']:.0f} faults")
+            if "monitor_cpu_seconds" in r:
+                note += f"; CPU: monitor {r['monitor_cpu_seconds']:.2f} s, app {r['app_cpu_seconds']:.2f} s"
+        lines.append(f"| {r['name']} | {fmt_s(r['median_s'])} | {ds['nbytes'] / r['median_s'] / 1e9:.2f} | "
+                     f"{r['median_s'] / floor:.2f} | {note} |")
+    lines.append("")
+
+    lines.append("### Touched fraction: one element in each of a fraction of the chunks (random chunks)")
+    lines.append("")
+    lines.append("| fraction | chunks | lazymem.open | fetched (lazy) | lazymem.load | zarr vindex | "
+                 "zarr loop | npy mmap | load / lazy |")
+    lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in report["touched_fraction"]:
+        res = {r["name"]: r for r in row["results"]}
+        lazy = res["lazymem.open"]
+        cells = [f"{row['fraction']:g}", f"{row['chunks_touched']}/{row['chunks_total']}", fmt_s(lazy["median_s"]),
+                 fmt_mb(lazy.get("bytes_fetched", 0)), fmt_s(res["lazymem.load"]["median_s"]),
+                 fmt_s(res["zarr vindex"]["median_s"])]
+        cells += [fmt_s(res[n]["median_s"]) if n in res else "–" for n in ("zarr z[t,i,j] loop", "npy mmap")]
+        cells.append(f"{res['lazymem.load']['median_s'] / lazy['median_s']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+
+    lines.append("### Strided access")
+    lines.append("")
+    lines.append("| access | lazymem.open | fetched (lazy) | lazymem.load | zarr | npy mmap |")
+    lines.append("|---|---:|---:|---:|---:|---:|")
+    for row in report["strided"]:
+        res = {r["name"]: r for r in row["results"]}
+        lazy = res["lazymem.open"]
+        lines.append(f"| {row['case']} | {fmt_s(lazy['median_s'])} | {fmt_mb(lazy.get('bytes_fetched', 0))} "
+                     f"({lazy.get('chunks_installed', 0):.0f} chunks) | {fmt_s(res['lazymem.load']['median_s'])} | "
+                     f"{fmt_s(res['zarr']['median_s'])} | {fmt_s(res['npy mmap']['median_s'])} |")
+    lines.append("")
+
+    lines.append("### First element: `lazymem.open(url)` then `a.flat[0]`, monitor already running")
+    lines.append("")
+    lines.append("| array | file size | open | first element | open + first | last element | "
+                 "zarr open + first | npy mmap open + first |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for e in report["first_element"]:
+        lines.append(f"| {e['target']} | {fmt_mb(e['file_bytes'])} | {fmt_s(e['open_s'])} | "
+                     f"{fmt_s(e['first_touch_s'])} | {fmt_s(e['open_plus_first_s'])} | "
+                     f"{fmt_s(e['last_element_s'])} | "
+                     f"{fmt_s(e['zarr_open_plus_first_s']) if 'zarr_open_plus_first_s' in e else '–'} | "
+                     f"{fmt_s(e['npy_mmap_open_plus_first_s']) if 'npy_mmap_open_plus_first_s' in e else '–'} |")
+    for e in report.get("first_element_errors", []):
+        lines.append(f"| {e['target']} | failed: `{e['error']}` | | | | | | |")
+    lines.append("")
+
+    lines.append("### Ratios that matter (time / time; < 1 means the first is faster)")
+    lines.append("")
+    lines.append("| ratio | value |")
+    lines.append("|---|---:|")
+    for name, value in report["ratios"].items():
+        lines.append(f"| {name} | {value:.2f} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def ratios(report: dict[str, Any]) -> dict[str, float]:
+    scan = report["full_scan"]
+    t = {r["name"]: r["median_s"] for r in scan}
+    out = {
+        "lazy scan / decode floor": t["lazymem.open + sum"] / t["decode floor (no sum)"],
+        "lazy scan / parallel eager (lazymem.load + sum)": t["lazymem.open + sum"] / t["lazymem.load + sum"],
+        "lazymem.load + sum / decode floor": t["lazymem.load + sum"] / t["decode floor (no sum)"],
+        "lazy scan / naive serial eager": t["lazymem.open + sum"] / t["naive serial zstd + sum"],
+        "lazy scan / zarr": t["lazymem.open + sum"] / t["zarr z[:] + sum"],
+        "lazymem.load + sum / zarr": t["lazymem.load + sum"] / t["zarr z[:] + sum"],
+    }
+    for row in report["touched_fraction"]:
+        if row["fraction"] in (0.01, 0.1):
+            res = {r["name"]: r["median_s"] for r in row["results"]}
+            pct = f"{row['fraction'] * 100:g} %"
+            out[f"sparse {pct}: lazy / eager load"] = res["lazymem.open"] / res["lazymem.load"]
+            out[f"sparse {pct}: lazy / zarr vindex"] = res["lazymem.open"] / res["zarr vindex"]
+    return out
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["touched_fraction"]
+    x = [r["chunks_touched"] / r["chunks_total"] for r in rows]
+
+    def series(name: str, key: str = "median_s") -> list[float]:
+        return [next(c for c in r["results"] if c["name"] == name).get(key, np.nan) for r in rows]
+
+    ds = report["dataset"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    ax1.plot(x, series("lazymem.open"), "o-", label="lazymem.open (lazy)", color="C0", lw=2)
+    ax1.plot(x, series("lazymem.load"), "s--", label="lazymem.load (eager, parallel)", color="C1")
+    ax1.plot(x, series("zarr vindex"), "^:", label="zarr vindex", color="C2")
+    scan = {r["name"]: r["median_s"] for r in report["full_scan"]}
+    ax1.axhline(scan["decode floor (no sum)"], color="gray", lw=1, ls="-.",
+                label="decode floor (all chunks, all cores)")
+    ax1.set_xscale("log")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("fraction of chunks touched (one element each)")
+    ax1.set_ylabel("time (s), median")
+    ax1.set_title("Time to read one element from each touched chunk")
+    ax1.grid(True, which="both", alpha=0.3)
+    ax1.legend(fontsize=8)
+
+    ax2.plot(x, np.array(series("lazymem.open", "bytes_fetched")) / MiB, "o-", color="C0", lw=2,
+             label="lazymem.open: fetched")
+    ax2.plot(x, np.array([r["ideal_bytes"] for r in rows]) / MiB, "k:", lw=1,
+             label="compressed size of the touched chunks")
+    ax2.axhline(ds["compressed_bytes"] / MiB, color="C1", ls="--", label="lazymem.load: whole file")
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("fraction of chunks touched (one element each)")
+    ax2.set_ylabel("compressed bytes read (MiB)")
+    ax2.set_title("Bytes read from storage")
+    ax2.grid(True, which="both", alpha=0.3)
+    ax2.legend(fontsize=8)
+    m = report["machine"]
+    fig.suptitle(f"lazymem, {fmt_mb(ds['nbytes'])} float32 field, 4 MiB zstd chunks, local file (page cache); "
+                 f"{m['nproc']} vCPU {m.get('cpu', '')}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="256 MiB, 3 repetitions (< 2 minutes)")
+    p.add_argument("--size-mb", type=int, help="array size in MiB (default 256 quick, 1024 full)")
+    p.add_argument("--reps", type=int, help="repetitions (default 3 quick, 5 full)")
+    p.add_argument("--data-dir", type=Path, default=HERE / "data")
+    p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--no-huge", action="store_true", help="skip the huge zeros arrays")
+    args = p.parse_args(argv)
+
+    mode = "quick" if args.quick else "full"
+    size = (args.size_mb or (256 if args.quick else 1024)) * MiB
+    reps = args.reps or (3 if args.quick else 5)
+    start = time.perf_counter()
+
+    ds = Dataset(args.data_dir, size)
+    ds.build()
+    ds.warm_page_cache()
+    log(f"warming up memory ({3 * ds.nbytes / GiB:.1f} GiB) ...")
+    warm_memory(3 * ds.nbytes)
+
+    report: dict[str, Any] = {
+        "mode": mode, "reps": reps, "machine": machine_info(),
+        "dataset": {"shape": list(ds.shape), "dtype": "float32", "nbytes": ds.nbytes,
+                    "compressed_bytes": ds.compressed_bytes, "chunk_bytes": CHUNK_BYTES, "level": LEVEL,
+                    "file": ds.zst.name},
+        "command": "python3 benchmarks/run.py" + (" --quick" if args.quick else ""),
+    }
+    log("full scan ...")
+    report["full_scan"] = full_scan(ds, reps)
+    log("touched fraction ...")
+    report["touched_fraction"] = touched_fraction(ds, reps, FRACTIONS)
+    log("strided ...")
+    report["strided"] = strided(ds, reps)
+    log("first element ...")
+    huge = [] if args.no_huge else make_huge(args.data_dir, args.quick)
+    report["first_element"], report["first_element_errors"] = first_element(ds, reps, huge)
+    report["ratios"] = ratios(report)
+    report["elapsed_s"] = time.perf_counter() - start
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / f"results-{mode}.json"
+    json_path.write_text(json.dumps(report, indent=1))
+    png = args.out / "touched_fraction.png" if mode == "full" else args.out / "touched_fraction-quick.png"
+    plot(report, png)
+    print(markdown(report))
+    log(f"wrote {json_path} and {png} in {report['elapsed_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""lazymem: huge compressed arrays, local or in object storage, as real numpy arrays that load lazily.
+
+>>> import lazymem
+>>> lazymem.save("data/temp.npy.zst", array)   # doctest: +SKIP
+>>> a = lazymem.open("data/temp.npy.zst")      # doctest: +SKIP
+>>> a[123_456], a[1000:2000].mean()            # doctest: +SKIP
+"""
+
+from .array import LazyArray, Stats, open, stats
+from .eager import load
+from .errors import (
+    ArrayNotFoundError,
+    ClosedArrayError,
+    CorruptChunkError,
+    FetchError,
+    FormatError,
+    HeaderError,
+    LazymemError,
+    MonitorError,
+    SeekTableError,
+    TruncatedFileError,
+    UnsupportedDtypeError,
+    UserfaultfdUnavailableError,
+)
+from .writer import save
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArrayNotFoundError",
+    "ClosedArrayError",
+    "CorruptChunkError",
+    "FetchError",
+    "FormatError",
+    "HeaderError",
+    "LazyArray",
+    "LazymemError",
+    "MonitorError",
+    "SeekTableError",
+    "Stats",
+    "TruncatedFileError",
+    "UnsupportedDtypeError",
+    "UserfaultfdUnavailableError",
+    "load",
+    "open",
+    "save",
+    "stats",
+]

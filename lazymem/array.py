@@ -1,0 +1,289 @@
+"""``lazymem.open``: a compressed array as a genuine ``numpy.ndarray`` that loads on first touch.
+
+:class:`LazyArray` is modelled on ``numpy.memmap``: the ndarray's buffer keeps the mapping alive
+through ``.base``; views share it; results that do not share its memory (arithmetic, reductions,
+copies) come back as plain ndarrays.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from .errors import ClosedArrayError
+from .kernel.userfaultfd import PAGE_SIZE, round_up
+from .monitor.client import get_client
+from .region import Region
+from .sources import open_source
+
+DEFAULT_CHUNK_BYTES = 4 * 2**20
+MAX_CHUNK_BYTES = 64 * 2**20
+DEFAULT_READAHEAD = 8  # chunks; the window grows up to this on sequential access
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What the monitor did for one array (all counters since ``open``)."""
+
+    faults: int
+    """Page-fault messages received (each faulting thread sends one, even for the same chunk)."""
+    chunks_installed: int
+    """Chunk installs, including readahead and prefetch (a chunk evicted and loaded again counts twice)."""
+    chunks_present: int
+    """Chunks resident now."""
+    chunks_total: int
+    chunk_bytes: int
+    bytes_fetched: int
+    """Compressed bytes read from storage."""
+    bytes_decompressed: int
+    resident_bytes: int
+    """Array bytes resident now."""
+    readahead_chunks: int
+    evictions: int
+    failures: int
+    fetch_seconds: float
+    """Worker time spent fetching and decompressing (summed over worker threads)."""
+    install_seconds: float
+    """Worker time spent in ``UFFDIO_COPY``."""
+
+    @property
+    def seconds(self) -> float:
+        return self.fetch_seconds + self.install_seconds
+
+
+def _choose_chunk_bytes(reader: Any, nbytes: int, requested: int | None) -> int:
+    """Install unit: one frame for our own files, else a page multiple near the frame size."""
+    if requested is not None:
+        if requested <= 0 or requested % PAGE_SIZE:
+            raise ValueError(f"chunk_bytes must be a positive multiple of {PAGE_SIZE} (got {requested!r})")
+        return requested
+    table = reader.table
+    offsets = np.asarray(table.decompressed_offsets)
+    sizes = np.asarray(table.decompressed_sizes)
+    data = offsets >= reader.header.data_offset
+    data_sizes = sizes[data]
+    if len(data_sizes) and offsets[data][0] == reader.header.data_offset:
+        first = int(data_sizes[0])
+        if first % PAGE_SIZE == 0 and bool(np.all(data_sizes[:-1] == first)) and data_sizes[-1] <= first:
+            return first  # frames are aligned to the data: one frame per chunk, no assembly
+    typical = int(np.median(sizes)) if len(sizes) else DEFAULT_CHUNK_BYTES
+    chunk = min(max(round_up(typical), DEFAULT_CHUNK_BYTES), MAX_CHUNK_BYTES)
+    return min(chunk, round_up(max(nbytes, 1)))
+
+
+class LazyArray(np.ndarray):
+    """A read-only ndarray whose chunks are fetched and decompressed on first touch.
+
+    Create one with :func:`lazymem.open`. It is an ordinary ``numpy.ndarray`` to any code that
+    uses it; views of it are ``LazyArray`` too and keep the mapping alive.
+    """
+
+    __array_priority__ = -100.0
+    _lazy: _Handle | None = None
+
+    def __array_finalize__(self, obj: Any) -> None:
+        handle = getattr(obj, "_lazy", None)
+        if handle is not None and np.may_share_memory(self, obj):
+            self._lazy = handle
+        else:
+            self._lazy = None
+
+    def __array_wrap__(self, arr: np.ndarray, context: Any = None, return_scalar: bool = False) -> Any:
+        arr = super().__array_wrap__(arr, context, return_scalar)
+        # Results of computations own fresh memory: give them back as plain ndarrays (as memmap).
+        if self is arr or type(self) is not LazyArray:
+            return arr
+        if arr.shape == ():
+            return arr[()]
+        return arr.view(np.ndarray)
+
+    def __getitem__(self, index: Any) -> Any:
+        res = super().__getitem__(index)
+        if type(res) is LazyArray and res._lazy is None:
+            return res.view(type=np.ndarray)
+        return res
+
+    def __reduce__(self) -> Any:
+        # Until pickling by reference lands, pickle the values as a plain array (never the address).
+        return np.asarray(self).copy().__reduce__()
+
+    def __deepcopy__(self, memo: Any) -> np.ndarray:
+        return np.array(self, copy=True).view(np.ndarray)
+
+    def __copy__(self) -> np.ndarray:
+        return np.array(self, copy=True).view(np.ndarray)
+
+    # --- lazymem extras ---------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return self._handle().url
+
+    def _handle(self) -> _Handle:
+        if self._lazy is None:
+            raise ClosedArrayError("this array does not share memory with a lazily loaded array")
+        return self._lazy
+
+    def prefetch(self, key: Any = Ellipsis) -> int:
+        """Install every chunk under ``self[key]`` concurrently; return when done.
+
+        Errors (a failed fetch, a corrupt chunk) are raised here as Python exceptions. Returns the
+        number of chunks that had to be loaded.
+        """
+        handle = self._handle()
+        chunks = _chunks_under(self, key, handle)
+        if not chunks:
+            return 0
+        return int(handle.region.request("prefetch", chunks=chunks))
+
+    def evict(self, key: Any = Ellipsis) -> int:
+        """Drop the resident chunks under ``self[key]`` (all of them by default); return how many.
+
+        The memory is freed at once; the next touch loads the chunk again.
+        """
+        handle = self._handle()
+        whole = key is Ellipsis and _is_whole(self, handle)
+        chunks = None if whole else _chunks_under(self, key, handle)
+        return int(handle.region.request("evict", chunks=chunks))
+
+    def close(self) -> None:
+        """Free the resident memory now; the mapping goes when the last view of it is gone.
+
+        Reading the array after ``close`` stays correct (chunks load again); monitor resources
+        are released once no view of the array remains.
+        """
+        if self._lazy is not None and not self._lazy.region.closed:
+            self._lazy.region.request("evict", chunks=None)
+
+    def __enter__(self) -> LazyArray:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class _Handle:
+    region: Region
+    url: str
+    chunk_size: int
+    base_address: int
+
+
+def _is_whole(arr: np.ndarray, handle: _Handle) -> bool:
+    return arr.ctypes.data == handle.base_address and arr.nbytes == handle.region.nbytes
+
+
+def _element_offsets(arr: np.ndarray, key: Any) -> np.ndarray:
+    """Byte offsets (from arr's first element) of the elements ``arr[key]`` selects.
+
+    Each axis's coordinates are an ``arange`` broadcast with zero strides, so indexing them costs
+    memory only for the selected elements and never reads the lazy data.
+    """
+    offsets = np.zeros((), dtype=np.int64)
+    for axis, (n, stride) in enumerate(zip(arr.shape, arr.strides)):
+        shape = [1] * arr.ndim
+        shape[axis] = n
+        coord = np.broadcast_to((np.arange(n, dtype=np.int64) * stride).reshape(shape), arr.shape)
+        offsets = offsets + coord[key]
+    return np.asarray(offsets)
+
+
+def _chunks_under(arr: LazyArray, key: Any, handle: _Handle) -> list[int]:
+    """Chunk numbers holding the elements ``arr[key]``, found without touching the data."""
+    if key is Ellipsis or _is_basic_index(key):
+        view = np.ndarray.__getitem__(arr, key)
+        view = np.asarray(view)
+        if view.size == 0:
+            return []
+        byte_bounds = getattr(np.lib, "array_utils", np).byte_bounds
+        low, high = byte_bounds(view)
+    else:
+        offsets = _element_offsets(arr, key)
+        if offsets.size == 0:
+            return []
+        start = arr.ctypes.data - handle.base_address
+        chunks = np.unique((offsets.ravel() + start) // handle.chunk_size)
+        return [int(c) for c in chunks]
+    base = handle.base_address
+    first, last = (low - base) // handle.chunk_size, (high - 1 - base) // handle.chunk_size
+    return list(range(first, last + 1))
+
+
+def _is_basic_index(key: Any) -> bool:
+    items = key if isinstance(key, tuple) else (key,)
+    for item in items:
+        if item is Ellipsis or item is None or isinstance(item, slice):
+            continue
+        if isinstance(item, (bool, np.bool_)):
+            return False
+        try:
+            operator.index(item)
+        except TypeError:
+            return False
+    return True
+
+
+def open(
+    url: str,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    chunk_bytes: int | None = None,
+    readahead: int = DEFAULT_READAHEAD,
+) -> LazyArray:
+    """Open a compressed array lazily.
+
+    Parameters
+    ----------
+    url : str
+        Any fsspec URL of a seekable zstd file holding a ``.npy`` stream (as written by
+        :func:`lazymem.save`, pyzstd's ``SeekableZstdFile`` or ``zstd --seekable``-style tools).
+    storage_options : dict, optional
+        Passed to fsspec, in this process and in the monitor.
+    chunk_bytes : int, optional
+        Install unit, a multiple of the page size. Default: one frame for files written by
+        :func:`lazymem.save`, else about the frames' size (at least 4 MiB).
+    readahead : int
+        Most chunks read ahead on sequential access (0 turns readahead off).
+
+    Returns
+    -------
+    LazyArray
+        A read-only ndarray; only the header and the seek table have been read.
+    """
+    reader = open_source(url, storage_options)
+    header = reader.header
+    if header.nbytes == 0:
+        empty = np.ndarray.__new__(LazyArray, header.shape, header.dtype,
+                                   order="F" if header.fortran_order else "C")
+        empty.flags.writeable = False
+        return empty
+    client = get_client()
+    chunk_size = _choose_chunk_bytes(reader, header.nbytes, chunk_bytes)
+    region = Region(client, header.nbytes, name=f"lazymem:{url}")
+    try:
+        region.announce(reader=reader, data_offset=header.data_offset, chunk_size=chunk_size,
+                        url=url, readahead=readahead)
+        buffer = region.buffer()
+    except BaseException:
+        region.release()
+        raise
+    # np.frombuffer keeps the read-only memoryview as the base (np.ndarray(buffer=memoryview) would
+    # unwrap it to the writable ctypes object, and then `flags.writeable = True` would be allowed).
+    flat = np.frombuffer(buffer, dtype=np.uint8, count=header.nbytes)
+    arr = np.ndarray.__new__(
+        LazyArray, header.shape, header.dtype, buffer=flat, order="F" if header.fortran_order else "C"
+    )
+    arr._lazy = _Handle(region, url, chunk_size, region.address)
+    return arr
+
+
+def stats(arr: np.ndarray) -> Stats:
+    """Counters of the monitor for the lazily loaded array ``arr`` (or any view of it)."""
+    if not isinstance(arr, LazyArray) or arr._lazy is None:
+        raise TypeError("lazymem.stats needs an array returned by lazymem.open (or a view of one)")
+    raw = arr._lazy.region.request("stats")
+    names = {f.name for f in fields(Stats)}
+    return Stats(**{k: v for k, v in raw.items() if k in names})

@@ -1,0 +1,56 @@
+"""The exceptions lazymem raises.
+
+Every class derives from :class:`LazymemError` *and* from the built-in exception a caller would
+already catch for the same situation (as zarr-python does), so ``except FileNotFoundError`` keeps
+working on a missing object and ``except ValueError`` on a bad file.
+"""
+
+from __future__ import annotations
+
+
+class LazymemError(Exception):
+    """Base class of every error lazymem raises."""
+
+
+class ArrayNotFoundError(LazymemError, FileNotFoundError):
+    """The URL names no object."""
+
+
+class FormatError(LazymemError, ValueError):
+    """The object is not a seekable zstd file holding a ``.npy`` stream (or a plain ``.npy``)."""
+
+
+class TruncatedFileError(FormatError):
+    """The object ends before the data its own tables describe."""
+
+
+class SeekTableError(FormatError):
+    """The seek table at the end of the object is missing or inconsistent."""
+
+
+class HeaderError(FormatError):
+    """The ``.npy`` header is malformed, absurd, or describes an unsupported array."""
+
+
+class UnsupportedDtypeError(HeaderError, TypeError):
+    """The dtype cannot be served lazily (object dtypes hold pointers, not data)."""
+
+
+class CorruptChunkError(LazymemError, ValueError):
+    """A chunk failed to decompress or its checksum did not match."""
+
+
+class FetchError(LazymemError, OSError):
+    """Fetching bytes from storage failed after the retries were spent."""
+
+
+class UserfaultfdUnavailableError(LazymemError, OSError):
+    """The kernel refused every way of creating a userfaultfd; ``lazymem.load`` still works."""
+
+
+class MonitorError(LazymemError, RuntimeError):
+    """The monitor process could not be started or stopped answering."""
+
+
+class ClosedArrayError(LazymemError, ValueError):
+    """The array was closed; its memory is gone."""

@@ -1,0 +1,479 @@
+"""The monitor process: receives page faults and installs whole chunks.
+
+It must be a separate process: an app thread that touches an unloaded page blocks in the kernel
+while holding its GIL, so a monitor thread in the same interpreter would never run again.
+
+Threads here:
+
+* the main thread polls the control socket and every client's userfaultfd, turns page faults into
+  chunk jobs and never blocks on I/O;
+* a pool of workers fetches, decompresses and installs chunks (fsspec, zstandard and the
+  ``UFFDIO_COPY`` ioctl all release the GIL, so they overlap);
+* one short-lived thread per request (register, close, stats, prefetch, evict).
+
+The monitor knows no format: a region holds a reader with ``read_into(offset, buffer)``.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import FetchError, MonitorError
+from ..kernel import userfaultfd as uffd
+from . import protocol
+from .buffers import BufferPool
+
+ABSENT, PENDING, PRESENT, FAILED = 0, 1, 2, 3
+DEMAND, PREFETCH, READAHEAD = 0, 1, 2  # job priorities, most urgent first
+RETRY_DELAYS = (0.1, 0.5, 2.0)  # backoff between attempts on transient fetch errors
+
+
+@dataclass
+class RegionStats:
+    faults: int = 0
+    chunks_installed: int = 0
+    bytes_fetched: int = 0
+    bytes_decompressed: int = 0
+    readahead_chunks: int = 0
+    evictions: int = 0
+    failures: int = 0
+    fetch_seconds: float = 0.0
+    install_seconds: float = 0.0
+
+
+class Job:
+    """One chunk being installed; requests waiting for it block on ``done``."""
+
+    __slots__ = ("chunk", "done", "error", "priority", "region", "started")
+
+    def __init__(self, region: ServedRegion, chunk: int, priority: int) -> None:
+        self.region, self.chunk, self.priority = region, chunk, priority
+        self.started = False
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+@dataclass
+class ServedRegion:
+    client: Client
+    region_id: int
+    start: int
+    length: int  # mapped bytes, page multiple
+    nbytes: int  # array bytes
+    data_offset: int  # stream offset of the first array byte
+    chunk_size: int  # page multiple
+    reader: Any
+    memfd: int
+    url: str
+    readahead_max: int
+    state: bytearray = field(init=False)
+    jobs: dict[int, Job] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stats: RegionStats = field(default_factory=RegionStats)
+    closed: bool = False
+    last_fault: int = -2
+    window: int = 0
+
+    def __post_init__(self) -> None:
+        self.state = bytearray(self.nchunks)
+
+    @property
+    def nchunks(self) -> int:
+        return -(-self.length // self.chunk_size)
+
+    def chunk_span(self, chunk: int) -> tuple[int, int, int]:
+        """Offset in the region, array bytes in the chunk, and mapped bytes to install."""
+        offset = chunk * self.chunk_size
+        data = max(0, min(self.chunk_size, self.nbytes - offset))
+        return offset, data, min(self.chunk_size, self.length - offset)
+
+
+@dataclass
+class Client:
+    """One process whose userfaultfd we serve (the app, later also its forked children)."""
+
+    uffd: int
+    pid: int
+    starts: list[int] = field(default_factory=list)
+    regions: list[ServedRegion] = field(default_factory=list)
+
+    def region_at(self, address: int) -> ServedRegion | None:
+        i = bisect_right(self.starts, address) - 1
+        if i >= 0:
+            region = self.regions[i]
+            if address < region.start + region.length:
+                return region
+        return None
+
+
+class Monitor:
+    def __init__(self, control: socket.socket, workers: int) -> None:
+        self.control = control
+        self.clients: dict[int, Client] = {}
+        self.regions: dict[tuple[int, int], ServedRegion] = {}
+        self.lock = threading.Lock()  # guards clients, regions and their address maps
+        self.queue: queue.PriorityQueue[tuple[int, int, Job | None]] = queue.PriorityQueue()
+        self.sequence = 0
+        self.buffers = BufferPool()
+        self.poller = select.poll()
+        self.poller.register(control, select.POLLIN)
+        # A pipe lets request threads wake the poll loop when the set of uffds changes.
+        self.wakeup_r, self.wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.poller.register(self.wakeup_r, select.POLLIN)
+        self.workers = [threading.Thread(target=self._work, daemon=True) for _ in range(workers)]
+        for t in self.workers:
+            t.start()
+
+    # --- the event loop ---------------------------------------------------------------------------
+    def run(self) -> None:
+        while True:
+            for fd, events in self.poller.poll():
+                if fd == self.control.fileno():
+                    fds = protocol.recv_request_fds(self.control)
+                    if fds is None:
+                        return  # the app has gone
+                    threading.Thread(target=self._serve_request, args=(fds,), daemon=True).start()
+                elif fd == self.wakeup_r:
+                    try:
+                        os.read(self.wakeup_r, 4096)
+                    except BlockingIOError:
+                        pass
+                else:
+                    client = self.clients.get(fd)
+                    if client is None:
+                        continue
+                    if events & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                        self._drop_client(client)
+                        continue
+                    for message in uffd.read_messages(fd):
+                        if isinstance(message, uffd.PageFault):
+                            self._on_fault(client, message.address)
+
+    def _on_fault(self, client: Client, address: int) -> None:
+        with self.lock:
+            region = client.region_at(address)
+        if region is None:
+            # Not ours (closed while a straggler message was queued): let it retry the access.
+            try:
+                uffd.wake(client.uffd, address & ~(uffd.PAGE_SIZE - 1), uffd.PAGE_SIZE)
+            except OSError:
+                pass
+            return
+        chunk = (address - region.start) // region.chunk_size
+        with region.lock:
+            region.stats.faults += 1
+            state = region.state[chunk]
+            if state == PRESENT:
+                # The install raced ahead of this message; the copy already woke the thread,
+                # but a wake is cheap and covers a page found present by EEXIST.
+                offset, _, span = region.chunk_span(chunk)
+                self._safe_wake(region, offset, span)
+            elif state == PENDING:
+                job = region.jobs[chunk]
+                if job.priority > DEMAND:
+                    job.priority = DEMAND
+                    self._enqueue(job)  # jump the queue; the stale entry is skipped later
+            else:
+                self._enqueue(self._new_job(region, chunk, DEMAND))
+            self._read_ahead(region, chunk)
+
+    def _read_ahead(self, region: ServedRegion, chunk: int) -> None:
+        """Grow the window on sequential faults, drop it on random ones (region.lock held)."""
+        if region.readahead_max <= 0:
+            return
+        if chunk == region.last_fault + 1 or (region.last_fault < chunk <= region.last_fault + region.window + 1):
+            region.window = min(max(2 * region.window, 2), region.readahead_max)
+        elif chunk != region.last_fault:
+            region.window = 0
+        region.last_fault = chunk
+        for ahead in range(chunk + 1, min(chunk + 1 + region.window, region.nchunks)):
+            if region.state[ahead] in (ABSENT,):
+                region.stats.readahead_chunks += 1
+                self._enqueue(self._new_job(region, ahead, READAHEAD))
+
+    def _new_job(self, region: ServedRegion, chunk: int, priority: int) -> Job:
+        job = Job(region, chunk, priority)
+        region.jobs[chunk] = job
+        region.state[chunk] = PENDING
+        return job
+
+    def _enqueue(self, job: Job) -> None:
+        with self.lock:
+            self.sequence += 1
+            sequence = self.sequence
+        self.queue.put((job.priority, sequence, job))
+
+    # --- workers ----------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            _, _, job = self.queue.get()
+            if job is None:
+                return
+            region = job.region
+            with region.lock:
+                # A job re-queued at a higher priority sits in the queue twice: run it once.
+                if job.started or region.jobs.get(job.chunk) is not job:
+                    continue
+                job.started = True
+            try:
+                self._install(job)
+            except BaseException as exc:  # noqa: BLE001 - every failure must reach the waiters
+                self._fail(job, exc)
+            else:
+                job.done.set()
+
+    def _install(self, job: Job) -> None:
+        region, chunk = job.region, job.chunk
+        if region.closed:
+            raise MonitorError(f"{region.url}: array closed")
+        offset, data_bytes, span = region.chunk_span(chunk)
+        buf = self.buffers.get(span)
+        try:
+            t0 = time.perf_counter()
+            for attempt, delay in enumerate((*RETRY_DELAYS, None)):
+                try:
+                    region.reader.read_into(region.data_offset + offset, buf.view[:data_bytes])
+                    break
+                except FetchError:
+                    if delay is None or region.closed:
+                        raise
+                    time.sleep(delay * (1 + attempt))
+            if data_bytes < span:
+                buf.zero(data_bytes, span)  # the tail of the last page lies past the array
+            t1 = time.perf_counter()
+            # Install without waking, book-keep, then wake: whatever the woken thread asks next
+            # (stats, prefetch) already sees the chunk as present.
+            uffd.copy(region.client.uffd, region.start + offset, buf.address, span, wake_waiters=False)
+            t2 = time.perf_counter()
+        finally:
+            self.buffers.put(buf)
+        stats = region.stats
+        with region.lock:
+            stats.chunks_installed += 1
+            stats.bytes_decompressed += data_bytes
+            stats.bytes_fetched += _stored_bytes(region.reader, region.data_offset + offset, data_bytes)
+            stats.fetch_seconds += t1 - t0
+            stats.install_seconds += t2 - t1
+            region.state[chunk] = PRESENT
+            region.jobs.pop(chunk, None)
+        uffd.wake(region.client.uffd, region.start + offset, span)
+
+    def _fail(self, job: Job, exc: BaseException) -> None:
+        region, chunk = job.region, job.chunk
+        job.error = exc
+        with region.lock:
+            region.jobs.pop(chunk, None)
+            region.stats.failures += 1
+            demanded = job.priority == DEMAND
+            # A failed readahead or prefetch leaves the chunk absent: a later touch retries it.
+            region.state[chunk] = FAILED if demanded and not region.closed else ABSENT
+        if demanded and not region.closed:
+            offset, _, span = region.chunk_span(chunk)
+            print(
+                f"lazymem monitor: cannot load chunk {chunk} of {region.url} "
+                f"(array bytes {offset}..{offset + span}): {type(exc).__name__}: {exc}\n"
+                "lazymem monitor: poisoning those pages; the reading thread gets SIGBUS. "
+                "Use lazymem.load() or LazyArray.prefetch() to get this error as an exception.",
+                file=sys.stderr,
+                flush=True,
+            )
+            self._poison(region, offset, span)
+        job.done.set()
+
+    def _poison(self, region: ServedRegion, offset: int, span: int) -> None:
+        try:
+            uffd.poison(region.client.uffd, region.start + offset, span)
+        except OSError as exc:
+            # Without UFFDIO_POISON the blocked thread would wait forever: kill the app loudly.
+            print(f"lazymem monitor: UFFDIO_POISON failed ({exc}); sending SIGBUS to the app", file=sys.stderr)
+            try:
+                os.kill(region.client.pid, signal.SIGBUS)
+            except OSError:
+                pass
+
+    def _safe_wake(self, region: ServedRegion, offset: int, span: int) -> None:
+        try:
+            uffd.wake(region.client.uffd, region.start + offset, span)
+        except OSError:
+            pass
+
+    # --- requests ---------------------------------------------------------------------------------
+    def _serve_request(self, fds: list[int]) -> None:
+        conn = socket.socket(fileno=fds[0])
+        extra = fds[1:]
+        try:
+            op, args = protocol.recv_obj(conn)
+            try:
+                result: Any = ("ok", getattr(self, "_op_" + op)(*extra, **args))
+            except BaseException as exc:  # noqa: BLE001 - errors travel back to the caller
+                for fd in extra:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+                result = ("error", exc)
+            try:
+                protocol.send_obj(conn, result)
+            except (TypeError, AttributeError, ValueError):  # unpicklable exception
+                protocol.send_obj(conn, ("error", MonitorError(repr(result[1]))))
+        except (EOFError, OSError):
+            pass
+        finally:
+            conn.close()
+
+    def _op_hello(self, uffd_fd: int, *, pid: int) -> tuple[int, int]:
+        """Serve a process's userfaultfd; the fd number here is its key in later requests."""
+        with self.lock:
+            self.clients[uffd_fd] = Client(uffd_fd, pid)
+        self.poller.register(uffd_fd, select.POLLIN)
+        os.write(self.wakeup_w, b"x")
+        return uffd_fd, os.getpid()
+
+    def _client(self, uffd_key: int) -> Client:
+        client = self.clients.get(uffd_key)
+        if client is None:
+            raise MonitorError("unknown client")
+        return client
+
+    def _op_register(self, memfd: int, *, client: int, region_id: int, start: int, length: int,
+                     nbytes: int, data_offset: int, chunk_size: int, reader: Any, url: str,
+                     readahead: int) -> None:
+        owner = self._client(client)
+        region = ServedRegion(owner, region_id, start, length, nbytes, data_offset, chunk_size,
+                              reader, memfd, url, readahead)
+        with self.lock:
+            i = bisect_right(owner.starts, start)
+            owner.starts.insert(i, start)
+            owner.regions.insert(i, region)
+            self.regions[(client, region_id)] = region
+
+    def _region(self, client: int, region_id: int) -> ServedRegion:
+        region = self.regions.get((client, region_id))
+        if region is None:
+            raise MonitorError(f"unknown array {region_id}")
+        return region
+
+    def _op_close(self, *, client: int, region_id: int) -> None:
+        """Forget a region; returns only when no install into its addresses can still happen,
+        because the app unmaps next and the kernel may reuse those addresses for another array."""
+        with self.lock:
+            region = self.regions.pop((client, region_id), None)
+            if region is None:
+                return
+            owner = region.client
+            i = owner.regions.index(region)
+            del owner.starts[i], owner.regions[i]
+        with region.lock:
+            region.closed = True
+            pending = list(region.jobs.values())
+        for job in pending:
+            job.done.wait()
+        os.close(region.memfd)
+
+    def _op_stats(self, *, client: int, region_id: int) -> dict[str, Any]:
+        region = self._region(client, region_id)
+        with region.lock:
+            present = region.state.count(PRESENT)
+            stats = dict(region.stats.__dict__)
+            resident = present * region.chunk_size
+            last = region.nchunks - 1
+            if region.state[last] == PRESENT:
+                resident -= region.chunk_size - region.chunk_span(last)[1]
+        stats["resident_bytes"] = resident
+        stats["chunks_present"] = present
+        stats["chunks_total"] = region.nchunks
+        stats["chunk_bytes"] = region.chunk_size
+        return stats
+
+    def _op_prefetch(self, *, client: int, region_id: int, chunks: list[int]) -> int:
+        """Install ``chunks`` (concurrently) and wait; raise the first failure."""
+        region = self._region(client, region_id)
+        waiting: list[Job] = []
+        with region.lock:
+            for chunk in chunks:
+                if not 0 <= chunk < region.nchunks:
+                    raise IndexError(f"chunk {chunk} out of range")
+                state = region.state[chunk]
+                if state == PRESENT:
+                    continue
+                if state == PENDING:
+                    job = region.jobs[chunk]
+                    if job.priority > PREFETCH:
+                        job.priority = PREFETCH
+                        self._enqueue(job)
+                else:
+                    job = self._new_job(region, chunk, PREFETCH)
+                    self._enqueue(job)
+                waiting.append(job)
+        for job in waiting:
+            job.done.wait()
+        errors = [job.error for job in waiting if job.error is not None]
+        if errors:
+            raise errors[0]
+        return len(waiting)
+
+    def _op_evict(self, *, client: int, region_id: int, chunks: list[int] | None) -> int:
+        """Drop present chunks by punching holes in the memfd; the next touch faults again."""
+        region = self._region(client, region_id)
+        evicted = 0
+        with region.lock:
+            targets = range(region.nchunks) if chunks is None else chunks
+            for chunk in targets:
+                if region.state[chunk] not in (PRESENT, FAILED):
+                    continue
+                offset, _, span = region.chunk_span(chunk)
+                uffd.punch_hole(region.memfd, offset, span)
+                region.state[chunk] = ABSENT
+                evicted += 1
+            region.stats.evictions += evicted
+        return evicted
+
+    def _drop_client(self, client: Client) -> None:
+        with self.lock:
+            self.clients.pop(client.uffd, None)
+            regions = [key for key, r in self.regions.items() if r.client is client]
+        for key in regions:
+            self._op_close(client=key[0], region_id=key[1])
+        try:
+            self.poller.unregister(client.uffd)
+        except KeyError:
+            pass
+        os.close(client.uffd)
+
+
+def _stored_bytes(reader: Any, start: int, length: int) -> int:
+    """Stored (compressed) bytes of the frames that hold stream bytes ``[start, start+length)``."""
+    frames = reader.table.frames_for(start, start + length)
+    return int(reader.table.compressed_sizes[frames.start:frames.stop].sum())
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    control = socket.socket(fileno=int(argv[0]))
+    workers = int(argv[1]) if len(argv) > 1 else max(4, 2 * (os.cpu_count() or 1))
+    # Ctrl-C in the app's terminal must not kill the monitor under a thread blocked in a fault.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    monitor = Monitor(control, workers)
+    try:
+        monitor.run()
+    except Exception:  # noqa: BLE001
+        traceback.print_exc()
+        os._exit(70)
+    # The app is gone: nothing left to serve. Skip interpreter teardown (daemon threads may be
+    # inside fsspec or zstandard calls).
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Sources: one reader per storage format, each a flat byte-range reader over fsspec.
+
+:func:`open_source` picks the reader from the object's own bytes, not from its name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fsspec
+
+from lazymem.errors import FormatError
+
+from .frames import FramedSource, FrameTable, storage_errors
+from .npy_header import MAGIC_PREFIX, NpyHeader, npy_header_bytes, parse_npy_header
+from .raw_npy import RawNpyReader
+from .seekable_zstd import (
+    FOOTER_SIZE,
+    SEEKABLE_MAGIC,
+    SKIPPABLE_MAGIC_BASE,
+    SKIPPABLE_MAGIC_MASK,
+    TAIL_READ,
+    ZSTD_MAGIC,
+    SeekableZstdReader,
+    parse_seek_table,
+)
+
+__all__ = [
+    "FrameTable",
+    "FramedSource",
+    "NpyHeader",
+    "RawNpyReader",
+    "SeekableZstdReader",
+    "npy_header_bytes",
+    "open_source",
+    "parse_npy_header",
+    "parse_seek_table",
+]
+
+def _describe_start(head: bytes) -> str:
+    """Name what the first bytes of an unreadable object look like, for the error message."""
+    if len(head) >= 4:
+        magic = int.from_bytes(head[:4], "little")
+        if magic == ZSTD_MAGIC or magic & SKIPPABLE_MAGIC_MASK == SKIPPABLE_MAGIC_BASE:
+            return (
+                "it is a zstd file without a seek table at its end: either a plain (non-seekable) zstd "
+                "file or a truncated one. Write arrays with lazymem.save (or any zstd seekable-format "
+                "writer, e.g. pyzstd.SeekableZstdFile)"
+            )
+    return f"it is neither a seekable zstd file nor a .npy file (it starts with {head[:8]!r})"
+
+
+def open_source(url: str, storage_options: dict[str, Any] | None = None) -> FramedSource:
+    """Open the array at ``url`` for reading byte ranges of its ``.npy`` stream.
+
+    Seekable zstd files (the native ``.npy.zst`` format and any other seekable-format writer's)
+    give a :class:`SeekableZstdReader`; plain ``.npy`` files a :class:`RawNpyReader`.
+
+    Parameters
+    ----------
+    url : str
+        Anything fsspec reaches: a local path, ``file://``, ``s3://``, ``https://``, ``memory://``,
+        chained URLs.
+    storage_options : dict, optional
+        Passed to the filesystem (credentials, endpoint...).
+
+    Returns
+    -------
+    FramedSource
+        A reader with ``table``, ``header``, ``fetch``, ``decompress_into`` and ``read_into``.
+
+    Raises
+    ------
+    ArrayNotFoundError
+        Nothing at ``url`` (also a ``FileNotFoundError``).
+    FetchError
+        Storage failed.
+    FormatError
+        Empty object, unknown format, or a damaged file (subclasses say which part).
+    """
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    with storage_errors(path):
+        size = fs.size(path)
+    if size is None:
+        raise FormatError(f"{path}: storage does not report the object's size")
+    if size == 0:
+        raise FormatError(f"{path}: the file is empty")
+    probe = SeekableZstdReader.__new__(SeekableZstdReader)
+    probe.fs, probe.path, probe.size = fs, path, size
+    # The tail is needed anyway for a seekable file, and tells it apart in the same request.
+    tail = probe._cat(size - min(size, TAIL_READ), size)
+    if len(tail) >= FOOTER_SIZE and int.from_bytes(tail[-4:], "little") == SEEKABLE_MAGIC:
+        return SeekableZstdReader.open(fs, path, size, tail=tail)
+    head = tail[:16] if len(tail) == size else probe._cat(0, min(size, 16))
+    if head[: len(MAGIC_PREFIX)] == MAGIC_PREFIX:
+        return RawNpyReader.open(fs, path, size, head=tail if len(tail) == size else None)
+    raise FormatError(f"{path}: cannot read this file: {_describe_start(head)}")

@@ -1,0 +1,402 @@
+"""What every source shares: a table of frames, coalesced range fetches, assembling byte ranges.
+
+A *source* presents an object in storage as a flat decompressed stream (a complete ``.npy`` file)
+cut into frames. Each frame is one contiguous range of stored bytes that decodes, on its own, into
+one contiguous range of the stream. Seekable zstd files have real frames; a plain ``.npy`` file gets
+synthetic ones (stored bytes = stream bytes). The monitor and the eager loader only ever see this
+interface: ``table``, ``fetch``, ``decompress_into`` and ``read_into``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lazymem.errors import ArrayNotFoundError, FetchError, LazymemError, TruncatedFileError
+
+from .npy_header import NpyHeader
+
+__all__ = ["FrameTable", "FramedSource", "byte_view", "storage_errors"]
+
+
+def _frozen(values: Any) -> np.ndarray:
+    array = np.ascontiguousarray(values, dtype=np.int64)
+    array.setflags(write=False)
+    return array
+
+
+@dataclass(frozen=True, eq=False)
+class FrameTable:
+    """Where each frame lies in the stored object and in the decompressed stream.
+
+    Columns are numpy ``int64`` arrays, not lists of objects: a 1 TiB array in 4 MiB chunks has
+    262,144 frames, and the monitor receives this table pickled. Offsets are inclusive starts;
+    a frame covers ``[offset, offset + size)``. Frames of decompressed size 0 (skippable frames,
+    empty zstd frames) occupy stored bytes but no stream bytes.
+    """
+
+    compressed_offsets: np.ndarray
+    """Offset of each frame in the stored object."""
+    compressed_sizes: np.ndarray
+    """Stored size of each frame."""
+    decompressed_offsets: np.ndarray
+    """Offset of each frame's first byte in the decompressed stream."""
+    decompressed_sizes: np.ndarray
+    """Decompressed size of each frame (0 for skippable or empty frames)."""
+    checksums: np.ndarray | None = None
+    """Low 32 bits of XXH64 of each frame's content, if the seek table stores them (``uint32``)."""
+
+    @classmethod
+    def from_sizes(
+        cls,
+        compressed_sizes: Sequence[int] | np.ndarray,
+        decompressed_sizes: Sequence[int] | np.ndarray,
+        checksums: np.ndarray | None = None,
+    ) -> FrameTable:
+        """Build a table from per-frame sizes, frames laid end to end from offset 0.
+
+        Parameters
+        ----------
+        compressed_sizes, decompressed_sizes : sequence of int
+            Stored and decompressed size of each frame, in order.
+        checksums : numpy.ndarray, optional
+            ``uint32`` checksum per frame.
+
+        Returns
+        -------
+        FrameTable
+        """
+        csizes = _frozen(compressed_sizes)
+        dsizes = _frozen(decompressed_sizes)
+        if csizes.shape != dsizes.shape or csizes.ndim != 1:
+            raise ValueError("compressed_sizes and decompressed_sizes must be 1-D and of equal length")
+        coffsets = np.zeros(len(csizes), dtype=np.int64)
+        doffsets = np.zeros(len(dsizes), dtype=np.int64)
+        np.cumsum(csizes[:-1], out=coffsets[1:])
+        np.cumsum(dsizes[:-1], out=doffsets[1:])
+        if checksums is not None:
+            checksums = np.ascontiguousarray(checksums, dtype=np.uint32)
+            checksums.setflags(write=False)
+        return cls(_frozen(coffsets), csizes, _frozen(doffsets), dsizes, checksums)
+
+    def __len__(self) -> int:
+        return len(self.compressed_sizes)
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames, including empty ones."""
+        return len(self.compressed_sizes)
+
+    @property
+    def compressed_total(self) -> int:
+        """Stored bytes covered by the frames (the seek table itself excluded)."""
+        return int(self.compressed_sizes.sum()) if len(self) else 0
+
+    @property
+    def decompressed_total(self) -> int:
+        """Length of the decompressed stream."""
+        return int(self.decompressed_sizes.sum()) if len(self) else 0
+
+    def frames_for(self, start: int, stop: int) -> range:
+        """Indices of the frames holding stream bytes ``[start, stop)``.
+
+        The range starts and ends at non-empty frames; it may contain empty frames in between,
+        which callers skip (they have nothing to decompress).
+
+        Parameters
+        ----------
+        start, stop : int
+            Stream offsets, ``0 <= start <= stop <= decompressed_total``.
+
+        Returns
+        -------
+        range
+            Empty if ``start == stop``.
+        """
+        total = self.decompressed_total
+        if not 0 <= start <= stop <= total:
+            raise ValueError(f"range [{start}, {stop}) is outside the stream [0, {total})")
+        if start == stop:
+            return range(0)
+        ends = self.decompressed_offsets + self.decompressed_sizes
+        # First frame that ends after `start` (empty frames at `start` end *at* it, so are skipped);
+        # one past the last frame that begins before `stop`.
+        first = int(np.searchsorted(ends, start, side="right"))
+        last = int(np.searchsorted(self.decompressed_offsets, stop, side="left"))
+        return range(first, last)
+
+    def frame_at(self, offset: int) -> int:
+        """Index of the non-empty frame holding stream byte ``offset``."""
+        return self.frames_for(offset, offset + 1)[0]
+
+
+def byte_view(buffer: Any) -> memoryview:
+    """A writable flat ``memoryview`` of unsigned bytes over ``buffer`` (bytearray, ndarray, mmap...)."""
+    view = memoryview(buffer)
+    if view.readonly:
+        raise ValueError("the output buffer is read-only")
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+def _client_errors() -> tuple[type[BaseException], ...]:
+    # aiohttp's response errors are not OSErrors; only look if the HTTP backend already imported it.
+    aiohttp = sys.modules.get("aiohttp")
+    return (OSError, aiohttp.ClientError) if aiohttp is not None else (OSError,)
+
+
+@contextmanager
+def storage_errors(path: str, action: str = "reading") -> Iterator[None]:
+    """Translate storage exceptions into lazymem's: missing object, or failed fetch (cause chained)."""
+    try:
+        yield
+    except LazymemError:
+        raise
+    except FileNotFoundError as exc:
+        raise ArrayNotFoundError(f"{path}: no such file or object ({exc})") from exc
+    except _client_errors() as exc:
+        raise FetchError(f"{action} {path} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _as_bytes(view: memoryview) -> bytes:
+    # A view spanning a whole bytes blob costs nothing to return as the blob itself.
+    blob = view.obj
+    if isinstance(blob, bytes) and len(view) == len(blob):
+        return blob
+    return view.tobytes()
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One request: stored bytes ``[start, end)`` holding some of the wanted frames."""
+
+    start: int
+    end: int
+    frames: tuple[int, ...]
+
+
+class FramedSource:
+    """Base of every source: frame bookkeeping, range fetches and range assembly.
+
+    Subclasses set the attributes in ``__init__`` and implement :meth:`decompress_into`.
+    Instances hold only the filesystem, plain values and numpy arrays, so they pickle cheaply and
+    work in another process (the monitor receives them pickled).
+    """
+
+    format_name = "framed"
+
+    fs: Any
+    """The fsspec filesystem."""
+    path: str
+    """Path of the object on ``fs``."""
+    size: int
+    """Stored size of the object in bytes."""
+    table: FrameTable
+    """Where the frames lie."""
+    header: NpyHeader
+    """The parsed ``.npy`` header of the stream."""
+    stream_size: int
+    """Length of the decompressed stream (header plus data)."""
+
+    def __init__(self, fs: Any, path: str, size: int, table: FrameTable, header: NpyHeader) -> None:
+        self.fs = fs
+        self.path = path
+        self.size = size
+        self.table = table
+        self.header = header
+        self.stream_size = table.decompressed_total
+
+    def __repr__(self) -> str:
+        h = self.header
+        return (
+            f"<{type(self).__name__} {self.path!r} {self.format_name}, {len(self.table)} frames, "
+            f"shape={h.shape} dtype={h.dtype} order={h.order}>"
+        )
+
+    @property
+    def data_offset(self) -> int:
+        """Stream offset of the first data byte (after the ``.npy`` header)."""
+        return self.header.data_offset
+
+    # -- fetching -------------------------------------------------------------------------------
+
+    def _cat(self, start: int, end: int) -> bytes:
+        """Stored bytes ``[start, end)``, exactly, in one request."""
+        with storage_errors(self.path):
+            data = self.fs.cat_file(self.path, start=start, end=end)
+        self._check_length(data, start, end)
+        return data
+
+    def _check_length(self, data: bytes, start: int, end: int) -> None:
+        if len(data) != end - start:
+            raise TruncatedFileError(
+                f"{self.path}: asked storage for bytes [{start}, {end}) and got {len(data)} bytes; "
+                f"the object is shorter than its {self.size} bytes (truncated or changed while open?)"
+            )
+
+    def _cat_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """Several ranges; async filesystems fetch them concurrently."""
+        if len(ranges) == 1:
+            return [self._cat(*ranges[0])]
+        starts = [r[0] for r in ranges]
+        ends = [r[1] for r in ranges]
+        with storage_errors(self.path):
+            results = self.fs.cat_ranges([self.path] * len(ranges), starts, ends)
+            # cat_ranges returns exceptions in place of data (on_error="return" is its default).
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+        for data, (start, end) in zip(results, ranges):
+            self._check_length(data, start, end)
+        return results
+
+    def _plan_runs(self, indices: Sequence[int], max_gap: int, max_run_bytes: int | None) -> list[_Run]:
+        """Group frames into requests: adjacent frames (or ones a small gap apart) share a request."""
+        offsets = self.table.compressed_offsets
+        sizes = self.table.compressed_sizes
+        runs: list[_Run] = []
+        members: list[int] = []
+        run_start = run_end = 0
+        for index in sorted(set(indices)):
+            start = int(offsets[index])
+            end = start + int(sizes[index])
+            too_big = max_run_bytes is not None and end - run_start > max_run_bytes
+            if members and start - run_end <= max_gap and not too_big:
+                members.append(index)
+                run_end = end
+                continue
+            if members:
+                runs.append(_Run(run_start, run_end, tuple(members)))
+            members, run_start, run_end = [index], start, end
+        if members:
+            runs.append(_Run(run_start, run_end, tuple(members)))
+        return runs
+
+    def fetch_views(
+        self, indices: Sequence[int], *, max_gap: int = 0, max_run_bytes: int | None = None
+    ) -> list[memoryview]:
+        """Like :meth:`fetch`, but returns views into the fetched blobs (no copy per frame).
+
+        Parameters
+        ----------
+        indices : sequence of int
+            Frame indices, in any order.
+        max_gap : int
+            Stored bytes between two wanted frames worth fetching (and discarding) to save a request.
+        max_run_bytes : int, optional
+            Split requests larger than this (at frame boundaries) so that async filesystems can fetch
+            the pieces concurrently.
+
+        Returns
+        -------
+        list of memoryview
+            The stored bytes of each frame, in the order of ``indices``.
+        """
+        n = len(self.table)
+        for index in indices:
+            if not 0 <= index < n:
+                raise IndexError(f"frame index {index} out of range (the object has {n} frames)")
+        runs = self._plan_runs(indices, max_gap, max_run_bytes)
+        blobs = self._cat_ranges([(run.start, run.end) for run in runs])
+        offsets = self.table.compressed_offsets
+        sizes = self.table.compressed_sizes
+        by_index: dict[int, memoryview] = {}
+        for run, blob in zip(runs, blobs):
+            view = memoryview(blob)
+            for index in run.frames:
+                start = int(offsets[index]) - run.start
+                by_index[index] = view[start : start + int(sizes[index])]
+        return [by_index[index] for index in indices]
+
+    def fetch(self, frame_indices: Sequence[int]) -> list[bytes]:
+        """Fetch the stored (compressed) bytes of some frames.
+
+        Contiguous frames are fetched in one request; separate runs go through ``fs.cat_ranges`` so
+        that async filesystems (S3, HTTP) fetch them concurrently.
+
+        Parameters
+        ----------
+        frame_indices : sequence of int
+            Frame indices, in any order.
+
+        Returns
+        -------
+        list of bytes
+            The stored bytes of each frame, in the order of ``frame_indices``.
+
+        Raises
+        ------
+        ArrayNotFoundError
+            The object is gone.
+        FetchError
+            Storage failed (the cause is chained).
+        TruncatedFileError
+            Storage returned fewer bytes than the table says.
+        """
+        views = self.fetch_views(frame_indices)
+        # A view spanning its whole blob costs nothing to return as the blob itself.
+        return [_as_bytes(view) for view in views]
+
+    # -- decoding -------------------------------------------------------------------------------
+
+    def decompress_into(self, index: int, compressed: bytes | memoryview, out: Any) -> None:
+        """Decode frame ``index`` from its stored bytes into ``out`` (exactly the frame's size).
+
+        Raises
+        ------
+        CorruptChunkError
+            The frame does not decode to exactly its declared content.
+        """
+        raise NotImplementedError
+
+    def _decode_overlap(self, index: int, blob: memoryview, start: int, out: memoryview) -> None:
+        """Put the part of frame ``index`` that falls in ``[start, start + len(out))`` into ``out``."""
+        frame_start = int(self.table.decompressed_offsets[index])
+        frame_size = int(self.table.decompressed_sizes[index])
+        stop = start + len(out)
+        if start <= frame_start and frame_start + frame_size <= stop:
+            # Whole frame inside the request: decode straight into the caller's memory.
+            self.decompress_into(index, blob, out[frame_start - start : frame_start - start + frame_size])
+            return
+        scratch = bytearray(frame_size)
+        self.decompress_into(index, blob, scratch)
+        lo = max(frame_start, start)
+        hi = min(frame_start + frame_size, stop)
+        out[lo - start : hi - start] = memoryview(scratch)[lo - frame_start : hi - frame_start]
+
+    def read_into(self, start: int, out: Any) -> None:
+        """Fill ``out`` with decompressed stream bytes ``[start, start + len(out))``.
+
+        Frames wholly inside the range decode straight into ``out``; the (at most two) frames cut by
+        its ends decode into a temporary buffer first. All frames come in one coalesced request.
+
+        Parameters
+        ----------
+        start : int
+            Stream offset of the first byte wanted.
+        out : writable buffer
+            Receives the bytes; its length sets how many.
+
+        Raises
+        ------
+        ValueError
+            The range runs past the end of the stream.
+        CorruptChunkError, FetchError, ArrayNotFoundError, TruncatedFileError
+            As for :meth:`fetch` and :meth:`decompress_into`.
+        """
+        view = byte_view(out)
+        stop = start + len(view)
+        if start < 0 or stop > self.stream_size:
+            raise ValueError(f"range [{start}, {stop}) is outside the stream [0, {self.stream_size})")
+        sizes = self.table.decompressed_sizes
+        indices = [i for i in self.table.frames_for(start, stop) if sizes[i] > 0]
+        # max_gap: empty frames between wanted ones cost a few bytes, not a second request.
+        blobs = self.fetch_views(indices, max_gap=1 << 16)
+        for index, blob in zip(indices, blobs):
+            self._decode_overlap(index, blob, start, view)

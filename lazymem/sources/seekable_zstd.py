@@ -1,0 +1,482 @@
+"""Read any zstd *seekable format* file whose decompressed stream is a ``.npy`` file.
+
+The format (``contrib/seekable_format/zstd_seekable_compression_format.md`` in the zstd repository)
+is a run of independent zstd frames followed by one skippable frame holding the seek table::
+
+    [frame 0][frame 1]...[frame n-1][0x184D2A5E][table size][n x (csize u32, dsize u32[, xxh32])]
+                                                            [n u32][descriptor u8][0x8F92EAB1]
+
+All integers are little-endian. Everything read from the file is checked before it is used: the
+table against the file size, each frame's structure against the table before decompression, and the
+decompressed size against the table while decompressing (a frame never writes past its slot).
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from typing import Any
+
+import numpy as np
+import zstandard
+
+from lazymem.errors import (
+    CorruptChunkError,
+    FormatError,
+    SeekTableError,
+    TruncatedFileError,
+)
+
+from .frames import FramedSource, FrameTable, byte_view, storage_errors
+from .npy_header import NpyHeader, npy_header_length, parse_npy_header
+
+__all__ = [
+    "FOOTER_SIZE",
+    "SEEKABLE_MAGIC",
+    "SEEK_TABLE_MAGIC",
+    "ZSTD_MAGIC",
+    "FrameTable",
+    "SeekableZstdReader",
+    "parse_seek_table",
+    "seek_table_size",
+]
+
+ZSTD_MAGIC = 0xFD2FB528
+"""First four bytes (little-endian) of a zstd frame."""
+SKIPPABLE_MAGIC_MASK = 0xFFFFFFF0
+SKIPPABLE_MAGIC_BASE = 0x184D2A50
+"""Skippable frames start with any of 0x184D2A50..0x184D2A5F."""
+SEEK_TABLE_MAGIC = 0x184D2A5E
+"""Skippable-frame magic of the seek table frame."""
+SEEKABLE_MAGIC = 0x8F92EAB1
+"""Last four bytes of a seekable file."""
+FOOTER_SIZE = 9
+"""Frame count (u32), descriptor (u8), seekable magic (u32)."""
+SKIPPABLE_HEADER_SIZE = 8
+MAX_FRAMES = 0x8000000
+"""zstd's reference implementation refuses more frames than this (ZSTD_SEEKABLE_MAXFRAMES)."""
+
+CHECKSUM_FLAG = 0x80
+RESERVED_BITS = 0x7C
+
+TAIL_READ = 1 << 16
+"""Bytes read from the end of the file by ``open``: the whole table of files up to ~8000 frames."""
+HEADER_PROBE = 1 << 16
+"""Decompressed bytes read from the first frame when looking for the ``.npy`` header."""
+
+_FOOTER = struct.Struct("<IBI")
+_SKIPPABLE_HEADER = struct.Struct("<II")
+
+
+def _footer_fields(footer: bytes) -> tuple[int, int]:
+    """(frame count, entry size) from the last 9 bytes of a file, after checking magic and flags."""
+    if len(footer) < FOOTER_SIZE:
+        raise ValueError(f"need the last {FOOTER_SIZE} bytes of the file, got {len(footer)}")
+    n_frames, descriptor, magic = _FOOTER.unpack(bytes(footer[-FOOTER_SIZE:]))
+    if magic != SEEKABLE_MAGIC:
+        raise SeekTableError(
+            f"no zstd seek table at the end of the file (last 4 bytes are 0x{magic:08X}, not "
+            f"0x{SEEKABLE_MAGIC:08X}): it is not a seekable zstd file, or it was truncated"
+        )
+    if descriptor & RESERVED_BITS:
+        raise SeekTableError(
+            f"seek table descriptor 0x{descriptor:02X} sets reserved bits (a newer, incompatible format?)"
+        )
+    if n_frames > MAX_FRAMES:
+        raise SeekTableError(f"seek table claims {n_frames} frames; more than {MAX_FRAMES} is refused")
+    return n_frames, 12 if descriptor & CHECKSUM_FLAG else 8
+
+
+def seek_table_size(footer: bytes) -> int:
+    """Size of the whole seek table frame, from the footer (the file's last 9 bytes).
+
+    Lets a caller that read too short a tail make one exact second request.
+
+    Parameters
+    ----------
+    footer : bytes
+        At least the last 9 bytes of the file (only the last 9 are used).
+
+    Returns
+    -------
+    int
+        Bytes of the skippable frame holding the table, headers and footer included.
+
+    Raises
+    ------
+    SeekTableError
+        No seekable magic, reserved descriptor bits set, or an absurd frame count.
+    """
+    n_frames, entry_size = _footer_fields(footer)
+    return SKIPPABLE_HEADER_SIZE + n_frames * entry_size + FOOTER_SIZE
+
+
+def parse_seek_table(tail: bytes, file_size: int) -> FrameTable:
+    """Parse and validate the seek table at the end of a seekable zstd file.
+
+    Parameters
+    ----------
+    tail : bytes
+        The last bytes of the file; must hold the whole seek table frame (see
+        :func:`seek_table_size`).
+    file_size : int
+        Size of the whole file, to check that the frames cover exactly the bytes before the table.
+
+    Returns
+    -------
+    FrameTable
+
+    Raises
+    ------
+    SeekTableError
+        Missing or inconsistent table: bad magic numbers, reserved bits, a frame count that
+        disagrees with the table frame's size, frames that do not cover the bytes before it.
+    TruncatedFileError
+        The frames the table lists need more bytes than precede it.
+    ValueError
+        ``tail`` is too short to hold the table (the message says how many bytes are needed) or
+        longer than ``file_size``.
+    """
+    if len(tail) > file_size:
+        raise ValueError(f"tail holds {len(tail)} bytes, more than the file size {file_size}")
+    if file_size < SKIPPABLE_HEADER_SIZE + FOOTER_SIZE:
+        raise SeekTableError(
+            f"{file_size} bytes is too small for a seekable zstd file "
+            f"(its seek table alone takes at least {SKIPPABLE_HEADER_SIZE + FOOTER_SIZE})"
+        )
+    if len(tail) < FOOTER_SIZE:
+        raise ValueError(f"tail holds {len(tail)} bytes; pass at least the last {FOOTER_SIZE} bytes")
+    n_frames, entry_size = _footer_fields(tail[-FOOTER_SIZE:])
+    table_size = SKIPPABLE_HEADER_SIZE + n_frames * entry_size + FOOTER_SIZE
+    if table_size > file_size:
+        raise SeekTableError(
+            f"seek table footer claims {n_frames} frames, a {table_size}-byte table, "
+            f"but the file has only {file_size} bytes"
+        )
+    if len(tail) < table_size:
+        raise ValueError(
+            f"tail holds {len(tail)} bytes but the seek table needs the last {table_size} bytes of the file"
+        )
+    table = memoryview(tail)[len(tail) - table_size :]
+    magic, frame_size = _SKIPPABLE_HEADER.unpack_from(table, 0)
+    if magic != SEEK_TABLE_MAGIC or frame_size != table_size - SKIPPABLE_HEADER_SIZE:
+        raise SeekTableError(
+            f"seek table footer claims {n_frames} frames ({table_size} bytes), but no seek table frame "
+            f"starts there (magic 0x{magic:08X}, frame size {frame_size}): the frame count or the table "
+            "is corrupt"
+        )
+    words = entry_size // 4
+    entries = np.frombuffer(table, dtype="<u4", count=n_frames * words, offset=SKIPPABLE_HEADER_SIZE)
+    entries = entries.reshape(n_frames, words)
+    compressed = entries[:, 0].astype(np.int64)
+    decompressed = entries[:, 1].astype(np.int64)
+    checksums = entries[:, 2].astype(np.uint32) if words == 3 else None
+    available = file_size - table_size
+    covered = int(compressed.sum())
+    if covered > available:
+        raise TruncatedFileError(
+            f"seek table lists {covered} bytes of frames but only {available} bytes precede it: "
+            "the file is truncated or the table is corrupt"
+        )
+    if covered < available:
+        raise SeekTableError(
+            f"{available} bytes precede the seek table but its {n_frames} frames cover only {covered}: "
+            "the table is corrupt or data was appended"
+        )
+    empty_frames = (compressed == 0) & (decompressed > 0)
+    if empty_frames.any():
+        index = int(np.argmax(empty_frames))
+        raise SeekTableError(f"seek table entry {index} has no stored bytes but {decompressed[index]} of content")
+    return FrameTable.from_sizes(compressed, decompressed, checksums)
+
+
+def _frame_extent(frame: memoryview) -> tuple[int, int | None, bool]:
+    """Walk a zstd frame's headers: (stored size, declared content size or None, is skippable).
+
+    Knowing where the frame really ends lets :meth:`SeekableZstdReader.decompress_into` refuse
+    trailing bytes and frames cut short, which a streaming decompressor cannot tell apart from a
+    clean end (it then silently skips the content checksum). Costs one step per 128 KiB block.
+    """
+    n = len(frame)
+    if n < 4:
+        raise ValueError(f"{n} bytes cannot hold a frame")
+    magic = int.from_bytes(frame[:4], "little")
+    if magic & SKIPPABLE_MAGIC_MASK == SKIPPABLE_MAGIC_BASE:
+        if n < SKIPPABLE_HEADER_SIZE:
+            raise ValueError("skippable frame cut inside its header")
+        return SKIPPABLE_HEADER_SIZE + int.from_bytes(frame[4:8], "little"), 0, True
+    if magic != ZSTD_MAGIC:
+        raise ValueError(f"not a zstd frame (magic 0x{magic:08X})")
+    if n < 5:
+        raise ValueError("zstd frame cut inside its header")
+    descriptor = frame[4]
+    if descriptor & 0x08:
+        raise ValueError("zstd frame header sets its reserved bit")
+    single_segment = (descriptor >> 5) & 1
+    pos = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 3]
+    fcs_size = (single_segment, 2, 4, 8)[descriptor >> 6]
+    if pos + fcs_size > n:
+        raise ValueError("zstd frame cut inside its header")
+    content_size = None
+    if fcs_size:
+        content_size = int.from_bytes(frame[pos : pos + fcs_size], "little") + (256 if fcs_size == 2 else 0)
+    pos += fcs_size
+    while True:
+        if pos + 3 > n:
+            raise ValueError("zstd frame cut inside a block header")
+        block = int.from_bytes(frame[pos : pos + 3], "little")
+        block_type = (block >> 1) & 3
+        if block_type == 3:
+            raise ValueError("zstd block of reserved type")
+        pos += 3 + (1 if block_type == 1 else block >> 3)  # an RLE block stores one byte
+        if block & 1:
+            break
+    if descriptor & 0x04:
+        pos += 4  # content checksum
+    if pos > n:
+        raise ValueError("zstd frame cut short")
+    return pos, content_size, False
+
+
+_local = threading.local()
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    # One per thread: a ZstdDecompressor must not be used by two threads at once.
+    dctx = getattr(_local, "dctx", None)
+    if dctx is None:
+        dctx = _local.dctx = zstandard.ZstdDecompressor()
+    return dctx
+
+
+def decode_frame_into(compressed: Any, out: memoryview) -> None:
+    """Decode one zstd frame into ``out``, which must be exactly its content size.
+
+    Raises ``ValueError`` (or ``zstandard.ZstdError``) on any mismatch; the caller adds context.
+    """
+    frame = memoryview(compressed)
+    stored, content_size, skippable = _frame_extent(frame)
+    if stored != len(frame):
+        what = "ends before" if stored > len(frame) else "is followed by garbage after"
+        raise ValueError(f"the frame {what} its {len(frame)} stored bytes (walked {stored})")
+    expected = len(out)
+    if skippable:
+        if expected:
+            raise ValueError(f"a skippable frame cannot hold the {expected} bytes the table says")
+        return
+    if content_size is not None and content_size != expected:
+        # Caught before decompressing: a lying header never gets to allocate or write.
+        raise ValueError(f"frame header declares {content_size} bytes of content, the seek table {expected}")
+    reader = _decompressor().stream_reader(frame, read_across_frames=False)
+    done = 0
+    while done < expected:
+        count = reader.readinto(out[done:])
+        if count == 0:
+            raise ValueError(f"frame decompressed to {done} bytes, the seek table says {expected}")
+        done += count
+    # Drive the decoder to the frame's end: this verifies the content checksum, and any byte still
+    # coming means the frame holds more than declared (a bomb or a lying table), not written anywhere.
+    if reader.read(1):
+        raise ValueError(f"frame decompresses to more than the {expected} bytes the seek table says")
+
+
+class _FrameRangeFile:
+    """File-like view of one stored frame, fetched piece by piece (for reading just a prefix)."""
+
+    def __init__(self, source: SeekableZstdReader, index: int) -> None:
+        self._source = source
+        self._pos = int(source.table.compressed_offsets[index])
+        self._end = self._pos + int(source.table.compressed_sizes[index])
+
+    def read(self, size: int = -1) -> bytes:
+        stop = self._end if size < 0 else min(self._end, self._pos + size)
+        if stop <= self._pos:
+            return b""
+        data = self._source._cat(self._pos, stop)
+        self._pos = stop
+        return data
+
+
+class SeekableZstdReader(FramedSource):
+    """A seekable zstd file holding a ``.npy`` stream, read through fsspec.
+
+    Build with :meth:`open`. Pickles cheaply (filesystem, path, numpy arrays) and works after
+    unpickling in another process. Safe to use from several threads at once.
+    """
+
+    format_name = "seekable zstd"
+
+    @classmethod
+    def open(cls, fs: Any, path: str, size: int | None = None, *, tail: bytes | None = None) -> SeekableZstdReader:
+        """Read the seek table and the ``.npy`` header of ``path``.
+
+        Costs one request for the last 64 KiB (a second only if the table is bigger) and one for
+        the first frame (more only if the header does not fit in it), plus ``fs.size`` if ``size``
+        is not given.
+
+        Parameters
+        ----------
+        fs : fsspec.AbstractFileSystem
+            Filesystem holding the object.
+        path : str
+            Path on ``fs``.
+        size : int, optional
+            Size of the object, if already known.
+        tail : bytes, optional
+            The object's last bytes, if already read (saves a request).
+
+        Returns
+        -------
+        SeekableZstdReader
+
+        Raises
+        ------
+        ArrayNotFoundError, FetchError
+            Storage errors.
+        FormatError
+            Empty object, or a stream that is not a ``.npy`` file (subclasses say more:
+            :class:`SeekTableError`, :class:`TruncatedFileError`, :class:`HeaderError`,
+            :class:`UnsupportedDtypeError`).
+        CorruptChunkError
+            The frame holding the header does not decode.
+        """
+        if size is None:
+            with storage_errors(path):
+                size = fs.size(path)
+            if size is None:
+                raise FormatError(f"{path}: storage does not report the object's size")
+        size = int(size)
+        if size == 0:
+            raise FormatError(f"{path}: the file is empty")
+        # A placeholder until the table is known: _cat needs only fs, path and size.
+        self = cls.__new__(cls)
+        self.fs, self.path, self.size = fs, path, size
+        if tail is None or len(tail) < min(size, FOOTER_SIZE):
+            tail_len = min(size, TAIL_READ)
+            tail = self._cat(size - tail_len, size)
+        try:
+            needed = seek_table_size(tail[-FOOTER_SIZE:]) if len(tail) >= FOOTER_SIZE else FOOTER_SIZE
+        except SeekTableError as exc:
+            raise SeekTableError(f"{path}: {exc}") from None
+        if len(tail) < needed <= size:
+            tail = self._cat(size - needed, size)
+        try:
+            table = parse_seek_table(tail, size)
+        except (SeekTableError, TruncatedFileError) as exc:
+            raise type(exc)(f"{path}: {exc}") from None
+        self.table = table
+        self.stream_size = table.decompressed_total
+        self.header = self._read_header()
+        return self
+
+    def _read_header(self) -> NpyHeader:
+        if self.stream_size == 0:
+            raise FormatError(f"{self.path}: the seekable zstd file decompresses to nothing (no .npy header)")
+        sizes = self.table.decompressed_sizes
+        first = int(np.argmax(sizes > 0))
+        # Enough for the fixed part of any header, and the whole first frame if that is cheap: native
+        # files hold exactly the header in frame 0, pyzstd's put header and data together.
+        probe = min(self.stream_size, max(16, min(int(sizes[first]), HEADER_PROBE)))
+        prefix = self._read_prefix(probe)
+        try:
+            length = npy_header_length(prefix)
+            if length > len(prefix):
+                if length > self.stream_size:
+                    raise TruncatedFileError(
+                        f".npy header is {length} bytes long but the stream holds only {self.stream_size}"
+                    )
+                prefix = self._read_prefix(length)
+            header = parse_npy_header(prefix)
+        except FormatError as exc:
+            raise type(exc)(f"{self.path}: {exc}") from None
+        end = header.data_offset + header.nbytes
+        if end > self.stream_size:
+            raise TruncatedFileError(
+                f"{self.path}: the .npy header describes {header.nbytes} bytes of data (shape {header.shape}, "
+                f"dtype {header.dtype}), ending at {end}, but the stream holds only {self.stream_size} bytes"
+            )
+        return header
+
+    def _read_prefix(self, length: int) -> bytes:
+        """The first ``length`` bytes of the stream, decoding as few frames as possible."""
+        out = bytearray()
+        sizes = self.table.decompressed_sizes
+        for index in range(len(self.table)):
+            if len(out) >= length:
+                break
+            frame_size = int(sizes[index])
+            if frame_size == 0:
+                continue
+            take = min(length - len(out), frame_size)
+            if take == frame_size:
+                buf = bytearray(frame_size)
+                self.decompress_into(index, self._cat_frame(index), buf)
+                out += buf
+            else:
+                out += self._read_frame_prefix(index, take)
+        return bytes(out)
+
+    def _cat_frame(self, index: int) -> bytes:
+        start = int(self.table.compressed_offsets[index])
+        return self._cat(start, start + int(self.table.compressed_sizes[index]))
+
+    def _read_frame_prefix(self, index: int, length: int) -> bytes:
+        """First ``length`` bytes of a big frame, fetching its stored bytes piece by piece.
+
+        The content checksum cannot be checked on a prefix; the header is parsed strictly instead,
+        and the data is verified when the frame is decoded in full.
+        """
+        read_size = min(int(self.table.compressed_sizes[index]), 1 << 18)
+        try:
+            reader = _decompressor().stream_reader(
+                _FrameRangeFile(self, index), read_size=read_size, read_across_frames=False
+            )
+            out = bytearray()
+            while len(out) < length:
+                piece = reader.read(length - len(out))
+                if not piece:
+                    break
+                out += piece
+        except zstandard.ZstdError as exc:
+            raise self._corrupt(index, str(exc)) from exc
+        if len(out) < length:
+            raise self._corrupt(index, f"frame decompressed to {len(out)} bytes, the seek table says more")
+        return bytes(out)
+
+    def _corrupt(self, index: int, reason: str) -> CorruptChunkError:
+        offset = int(self.table.compressed_offsets[index])
+        return CorruptChunkError(f"{self.path}: frame {index} (stored at byte {offset}) is corrupt: {reason}")
+
+    def decompress_into(self, index: int, compressed: bytes | memoryview, out: Any) -> None:
+        """Decompress frame ``index`` straight into ``out``.
+
+        Never writes more than the frame's declared size; verifies the content checksum if the
+        frame has one; refuses trailing bytes and short frames. Releases the GIL while decompressing.
+
+        Parameters
+        ----------
+        index : int
+            Frame index.
+        compressed : bytes or memoryview
+            The frame's stored bytes (from :meth:`fetch`).
+        out : writable buffer
+            Exactly ``table.decompressed_sizes[index]`` bytes long.
+
+        Raises
+        ------
+        ValueError
+            ``out`` has the wrong length.
+        CorruptChunkError
+            The frame does not decode to exactly its declared content (names path and frame).
+        """
+        view = byte_view(out)
+        expected = int(self.table.decompressed_sizes[index])
+        if len(view) != expected:
+            raise ValueError(f"frame {index} holds {expected} bytes, the output buffer has {len(view)}")
+        stored = int(self.table.compressed_sizes[index])
+        if len(compressed) != stored:
+            raise self._corrupt(index, f"got {len(compressed)} stored bytes, the seek table says {stored}")
+        try:
+            decode_frame_into(compressed, view)
+        except (ValueError, zstandard.ZstdError) as exc:
+            raise self._corrupt(index, str(exc)) from exc

@@ -1,0 +1,308 @@
+"""Write arrays in the native format: a seekable zstd file holding a ``.npy`` stream.
+
+Layout: frame 0 holds the ``.npy`` header alone; frame ``k >= 1`` holds data bytes
+``[(k-1) * chunk_bytes, k * chunk_bytes)`` (the last may be shorter); the zstd seek table ends the
+file. Because ``chunk_bytes`` is a multiple of the page size and the data starts a frame, every
+frame maps onto whole pages of the array, which is what the lazy loader installs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import struct
+import threading
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, BinaryIO
+
+import fsspec
+import numpy as np
+import zstandard
+from fsspec.implementations.local import LocalFileSystem
+
+from lazymem.errors import UnsupportedDtypeError
+from lazymem.sources.frames import storage_errors
+from lazymem.sources.npy_header import npy_header_bytes
+from lazymem.sources.seekable_zstd import MAX_FRAMES, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC
+
+__all__ = ["DEFAULT_CHUNK_BYTES", "save", "seek_table_bytes"]
+
+DEFAULT_CHUNK_BYTES = 4 << 20
+"""Decompressed bytes per data frame: big enough to amortise a fault round trip (see DESIGN.md)."""
+
+_U32_MAX = 0xFFFFFFFF
+
+
+def _check_chunk_bytes(chunk_bytes: int) -> int:
+    if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, (int, np.integer)):
+        raise TypeError(f"chunk_bytes must be an int, got {type(chunk_bytes).__name__}")
+    chunk_bytes = int(chunk_bytes)
+    page = mmap.PAGESIZE
+    if chunk_bytes <= 0 or chunk_bytes % page:
+        raise ValueError(
+            f"chunk_bytes must be a positive multiple of the page size ({page} bytes), got {chunk_bytes}: "
+            "chunks are installed as whole pages"
+        )
+    if chunk_bytes > _U32_MAX:
+        raise ValueError(f"chunk_bytes must be below 4 GiB (the seek table stores u32 sizes), got {chunk_bytes}")
+    return chunk_bytes
+
+
+def seek_table_bytes(compressed_sizes: np.ndarray, decompressed_sizes: np.ndarray) -> bytes:
+    """The seek table frame (skippable frame, entries without checksums, footer) for these frames.
+
+    Parameters
+    ----------
+    compressed_sizes, decompressed_sizes : numpy.ndarray
+        Per-frame sizes, each below 4 GiB.
+
+    Returns
+    -------
+    bytes
+        To be appended after the last frame.
+    """
+    n = len(compressed_sizes)
+    if n > MAX_FRAMES:
+        raise ValueError(f"{n} frames; the seekable format allows at most {MAX_FRAMES}")
+    entries = np.empty((n, 2), dtype="<u4")
+    for column, sizes in enumerate((compressed_sizes, decompressed_sizes)):
+        sizes = np.asarray(sizes, dtype=np.int64)
+        if n and (sizes.min() < 0 or sizes.max() > _U32_MAX):
+            raise ValueError("frame sizes must fit in 32 bits")
+        entries[:, column] = sizes
+    body = entries.tobytes() + struct.pack("<IBI", n, 0, SEEKABLE_MAGIC)
+    return struct.pack("<II", SEEK_TABLE_MAGIC, len(body)) + body
+
+
+# -- turning an array into its data bytes, chunk by chunk ---------------------------------------
+
+
+def _c_order_pieces(array: np.ndarray, max_bytes: int) -> Iterator[np.ndarray]:
+    """Contiguous copies of consecutive parts of ``array`` in C order, each about ``max_bytes``.
+
+    Splits along the first axis, recursing into single rows that are still too big, so a strided
+    view of any shape is serialised without copying it whole.
+    """
+    if array.nbytes <= max_bytes or array.ndim == 0:
+        yield np.ascontiguousarray(array)
+    elif array.ndim == 1:
+        step = max(1, max_bytes // array.itemsize)
+        for i in range(0, len(array), step):
+            yield np.ascontiguousarray(array[i : i + step])
+    else:
+        row_bytes = array[0].nbytes
+        if row_bytes > max_bytes:
+            for row in array:
+                yield from _c_order_pieces(row, max_bytes)
+        else:
+            step = max_bytes // row_bytes
+            for i in range(0, len(array), step):
+                yield np.ascontiguousarray(array[i : i + step])
+
+
+def _as_bytes(contiguous: np.ndarray) -> np.ndarray:
+    # reshape(-1) of a contiguous array is a view; as 1-D, any dtype (structured too) views as bytes.
+    return contiguous.reshape(-1).view(np.uint8)
+
+
+def _rechunk(pieces: Iterator[np.ndarray], chunk_bytes: int) -> Iterator[np.ndarray]:
+    """Cut a series of contiguous pieces into buffers of exactly ``chunk_bytes`` (the last shorter)."""
+    buf = np.empty(chunk_bytes, dtype=np.uint8)
+    fill = 0
+    for piece in pieces:
+        data = _as_bytes(piece)
+        pos = 0
+        while pos < len(data):
+            take = min(chunk_bytes - fill, len(data) - pos)
+            buf[fill : fill + take] = data[pos : pos + take]
+            fill += take
+            pos += take
+            if fill == chunk_bytes:
+                yield buf
+                # A fresh buffer: the previous one may still be compressing on another thread.
+                buf = np.empty(chunk_bytes, dtype=np.uint8)
+                fill = 0
+    if fill:
+        yield buf[:fill]
+
+
+def _data_chunks(array: np.ndarray, fortran_order: bool, chunk_bytes: int) -> Iterator[Any]:
+    """The array's data bytes in stored order, as buffers of ``chunk_bytes``."""
+    if array.nbytes == 0:
+        return
+    if array.flags.c_contiguous or fortran_order:
+        # Zero copy: the compressor reads straight from the array's memory.
+        flat = _as_bytes(array.T if fortran_order else array)
+        for start in range(0, len(flat), chunk_bytes):
+            yield flat[start : start + chunk_bytes]
+    else:
+        yield from _rechunk(_c_order_pieces(array, chunk_bytes), chunk_bytes)
+
+
+# -- compression ---------------------------------------------------------------------------------
+
+_local = threading.local()
+
+
+def _compress(data: Any, level: int) -> bytes:
+    # One compressor per thread and level: a ZstdCompressor must not be shared between threads.
+    compressors = getattr(_local, "compressors", None)
+    if compressors is None:
+        compressors = _local.compressors = {}
+    cctx = compressors.get(level)
+    if cctx is None:
+        cctx = compressors[level] = zstandard.ZstdCompressor(
+            level=level, write_checksum=True, write_content_size=True
+        )
+    return cctx.compress(data)
+
+
+def _write_frames(
+    out: BinaryIO, header: bytes, chunks: Iterator[Any], level: int, threads: int
+) -> tuple[list[int], list[int]]:
+    """Compress and write frame 0 (header) and the data chunks in order; return the frame sizes."""
+    compressed_sizes: list[int] = []
+    decompressed_sizes: list[int] = []
+
+    def emit(frame: bytes, size: int) -> None:
+        out.write(frame)
+        compressed_sizes.append(len(frame))
+        decompressed_sizes.append(size)
+
+    emit(_compress(header, level), len(header))
+    if threads <= 1:
+        for chunk in chunks:
+            emit(_compress(chunk, level), len(chunk))
+        return compressed_sizes, decompressed_sizes
+    # Bounded in flight: memory stays O(threads x chunk_bytes) however big the array.
+    pending: deque[tuple[Future[bytes], int]] = deque()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lazymem-save") as pool:
+        try:
+            for chunk in chunks:
+                pending.append((pool.submit(_compress, chunk, level), len(chunk)))
+                if len(pending) >= 2 * threads:
+                    future, size = pending.popleft()
+                    emit(future.result(), size)
+            while pending:
+                future, size = pending.popleft()
+                emit(future.result(), size)
+        finally:
+            for future, _ in pending:
+                future.cancel()
+    return compressed_sizes, decompressed_sizes
+
+
+# -- destinations --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _local_target(path: str) -> Iterator[BinaryIO]:
+    """Write to a temporary file beside ``path`` and rename it into place only on success."""
+    directory, name = os.path.split(os.path.abspath(path))
+    temp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.partial")
+    # 0o666 through the umask, like a normally created file (mkstemp would give 0o600).
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"cannot create {path}: {exc.strerror}") from exc
+    try:
+        with open(fd, "wb") as f:
+            yield f
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+@contextlib.contextmanager
+def _remote_target(fs: Any, path: str) -> Iterator[BinaryIO]:
+    """Write through fsspec, committing only on success (object stores: no half-written object)."""
+    with storage_errors(path, "writing"):
+        f = fs.open(path, "wb", autocommit=False)
+    try:
+        yield f
+        with storage_errors(path, "writing"):
+            f.close()
+            commit = getattr(f, "commit", None)
+            if commit is not None and getattr(f, "autocommit", True) is False:
+                commit()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            f.discard()
+        with contextlib.suppress(Exception):
+            f.closed = True  # discarded buffers must not be flushed later by __del__
+        raise
+
+
+def save(
+    url: str,
+    array: Any,
+    *,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    level: int = 3,
+    storage_options: dict[str, Any] | None = None,
+    threads: int | None = None,
+) -> None:
+    """Save an array in the native format (seekable zstd holding a ``.npy`` stream).
+
+    ``zstd -d`` turns the file into a valid ``.npy``; ``np.load(pyzstd.SeekableZstdFile(path))``
+    reads it; :func:`lazymem.load` and ``lazymem.open`` read it fast.
+
+    Parameters
+    ----------
+    url : str
+        Destination, anything fsspec writes (local path, ``s3://``, ``memory://``...). Local files
+        appear atomically (written beside the target, then renamed).
+    array : array_like
+        Anything ``np.asanyarray`` accepts. C-contiguous data is stored as is, F-contiguous data in
+        Fortran order (as ``np.save`` does), anything else in C order, without a whole copy.
+    chunk_bytes : int
+        Decompressed bytes per data frame; a positive multiple of the page size, below 4 GiB.
+    level : int
+        zstd compression level.
+    storage_options : dict, optional
+        Passed to the filesystem.
+    threads : int, optional
+        Compression threads (default: one per CPU). Memory use is O(threads x chunk_bytes).
+
+    Raises
+    ------
+    UnsupportedDtypeError
+        The dtype holds Python objects.
+    ValueError
+        ``chunk_bytes`` is not a positive multiple of the page size below 4 GiB, or the array
+        needs more frames than the seekable format allows.
+    FetchError
+        Writing to storage failed.
+    """
+    array = np.asanyarray(array)
+    if array.dtype.hasobject:
+        raise UnsupportedDtypeError(
+            f"cannot save dtype {array.dtype!r}: it holds Python objects (pointers), not data"
+        )
+    chunk_bytes = _check_chunk_bytes(chunk_bytes)
+    data = array.view(np.ndarray)  # subclasses (matrix, masked) are saved as their data, like np.save
+    n_frames = 1 + -(-data.nbytes // chunk_bytes)
+    if n_frames > MAX_FRAMES:
+        raise ValueError(
+            f"{data.nbytes} bytes in chunks of {chunk_bytes} need {n_frames} frames; the seekable format "
+            f"allows at most {MAX_FRAMES}: use a larger chunk_bytes"
+        )
+    if threads is None:
+        threads = os.cpu_count() or 1
+    threads = max(1, min(int(threads), n_frames - 1))
+    # np.save's rule: Fortran order only for arrays that are F- but not C-contiguous.
+    fortran_order = bool(data.flags.f_contiguous and not data.flags.c_contiguous)
+    header = npy_header_bytes(data.dtype, data.shape, fortran_order)
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    target = _local_target(path) if isinstance(fs, LocalFileSystem) else _remote_target(fs, path)
+    with target as out:
+        sizes = _write_frames(out, header, _data_chunks(data, fortran_order, chunk_bytes), level, threads)
+        with storage_errors(path, "writing"):
+            out.write(seek_table_bytes(np.array(sizes[0]), np.array(sizes[1])))
+

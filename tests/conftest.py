@@ -1,0 +1,66 @@
+"""Shared fixtures: real files, real kernel, real child processes. No mocks."""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.fixture
+def field(tmp_path: Path) -> tuple[str, np.ndarray]:
+    """A 10 MiB float32 random walk saved with 1 MiB chunks (so about 10 chunks)."""
+    import lazymem
+
+    rng = np.random.default_rng(42)
+    src = np.cumsum(rng.standard_normal(10 * 2**18, dtype=np.float32)).astype(np.float32).reshape(-1, 1024)
+    path = str(tmp_path / "field.npy.zst")
+    lazymem.save(path, src, chunk_bytes=2**20)
+    return path, src
+
+
+def run_python(code: str, *, env: dict[str, str] | None = None, prefix: list[str] | None = None,
+               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter that imports lazymem from this checkout."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
+    full_env.update(env or {})
+    return subprocess.run(
+        [*(prefix or []), sys.executable, "-c", textwrap.dedent(code)],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def wait_for_exit(pid: int, timeout: float = 30.0) -> bool:
+    """Block until process ``pid`` (not our child) exits, via a pidfd; True if it did."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(timeout * 1000))
+    finally:
+        os.close(fd)
+
+
+def assert_same_array(got: np.ndarray, want: np.ndarray) -> None:
+    """Byte-for-byte equality plus dtype, shape and memory order."""
+    assert got.dtype == want.dtype
+    assert got.shape == want.shape
+    assert np.asarray(got).tobytes(order="A") == np.asarray(want).tobytes(order="A") or (
+        np.asarray(got).tobytes() == np.asarray(want).tobytes()
+    )

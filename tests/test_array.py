@@ -1,0 +1,238 @@
+"""lazymem.open end to end on local files: values, dtypes, shapes, views, stats, threads."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import lazymem
+from lazymem import LazyArray
+
+from .conftest import PAGE, assert_same_array
+
+DTYPES = [
+    np.dtype("f4"), np.dtype(">f8"), np.dtype("i1"), np.dtype("<u2"), np.dtype(">i8"), np.dtype("c16"),
+    np.dtype("?"), np.dtype("U3"), np.dtype("S5"), np.dtype("M8[s]"),
+    np.dtype([("a", "<i4"), ("b", ">f8"), ("c", "S3")]),
+]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    dtype=st.sampled_from(DTYPES),
+    shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=40),
+    order=st.sampled_from(["C", "F"]),
+    chunk_pages=st.sampled_from([1, 2, 3]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_round_trip_through_lazy_open(tmp_path: Path, dtype, shape, order, chunk_pages, seed) -> None:
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, size=int(np.prod(shape)) * dtype.itemsize, dtype=np.uint8)
+    src = np.frombuffer(raw.tobytes(), dtype=dtype).reshape(shape, order=order)
+    if dtype.kind == "M":
+        src = src.view("i8").copy().clip(-(2**40), 2**40).view(dtype)
+    path = str(tmp_path / f"rt-{seed}.npy.zst")
+    lazymem.save(path, src, chunk_bytes=chunk_pages * PAGE)
+    a = lazymem.open(path)
+    assert isinstance(a, LazyArray)
+    assert a.dtype == src.dtype and a.shape == src.shape
+    assert a.flags.f_contiguous == (order == "F" and src.ndim > 1 and src.size > 1) or a.flags.c_contiguous
+    assert a.tobytes(order="A") == src.tobytes(order="A")
+    assert_same_array(a, src)
+
+
+def test_random_slices_equal_the_source(field) -> None:
+    path, src = field
+    a = lazymem.open(path)
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        i, j = sorted(rng.integers(0, src.shape[0], 2))
+        k = int(rng.integers(1, 5))
+        assert np.array_equal(a[i:j + 1:k, ::k], src[i:j + 1:k, ::k])
+    rows = rng.integers(0, src.shape[0], 50)
+    assert np.array_equal(a[rows], src[rows])
+
+
+def test_scalar_elements_and_reductions(field) -> None:
+    path, src = field
+    a = lazymem.open(path)
+    assert a[123, 45] == src[123, 45]
+    assert a[-1, -1] == src[-1, -1]
+    assert float(np.sum(a, dtype=np.float64)) == float(np.sum(src, dtype=np.float64))
+    assert a[1000:2000].mean() == src[1000:2000].mean()
+
+
+def test_header_only_open_touches_no_chunk(field) -> None:
+    path, _ = field
+    a = lazymem.open(path)
+    s = lazymem.stats(a)
+    assert (s.faults, s.chunks_installed, s.bytes_fetched, s.resident_bytes) == (0, 0, 0, 0)
+    assert s.chunks_total == 10
+    a[0, 0]
+    s = lazymem.stats(a)
+    assert s.chunks_installed >= 1 and s.resident_bytes >= 2**20 and s.bytes_fetched > 0
+
+
+def test_stats_count_what_a_full_scan_loads(field) -> None:
+    path, src = field
+    a = lazymem.open(path)
+    assert np.array_equal(a, src)
+    s = lazymem.stats(a)
+    assert s.chunks_present == s.chunks_total == 10
+    assert s.resident_bytes == s.bytes_decompressed == src.nbytes
+    assert 0 < s.bytes_fetched < Path(path).stat().st_size
+
+
+def test_views_results_and_flags(field) -> None:
+    path, src = field
+    a = lazymem.open(path)
+    assert not a.flags.writeable
+    with pytest.raises(ValueError):
+        a.flags.writeable = True  # the mapping is read-only: numpy must refuse, never segfault
+    with pytest.raises(ValueError):
+        a[0, 0] = 1
+    view = a[10:20]
+    assert type(view) is LazyArray and lazymem.stats(view).chunks_total == 10
+    assert type(a + 1) is np.ndarray and np.array_equal(a + 1, src + 1)
+    assert type(a.sum()) is np.float32
+    assert type(a.copy()) is np.ndarray or not np.may_share_memory(a.copy(), a)
+    assert type(a[[1, 2, 3]]) is np.ndarray and np.array_equal(a[[1, 2, 3]], src[[1, 2, 3]])
+    assert type(copy.deepcopy(a)) is np.ndarray and np.array_equal(copy.deepcopy(a), src)
+    assert np.array_equal(pickle.loads(pickle.dumps(a[5:9])), src[5:9])
+    with pytest.raises(TypeError):
+        lazymem.stats(src)
+
+
+def test_view_keeps_the_mapping_alive(field) -> None:
+    import gc
+
+    path, src = field
+    a = lazymem.open(path)
+    view = a[100:200, ::3]
+    del a
+    gc.collect()
+    assert np.array_equal(view, src[100:200, ::3])
+
+
+def test_eight_threads_fault_at_once(field) -> None:
+    path, src = field
+    a = lazymem.open(path, readahead=0)
+    barrier = threading.Barrier(8)
+    results: list[bool] = [False] * 8
+
+    def reader(k: int) -> None:
+        barrier.wait()
+        rows = slice(k * 37 % src.shape[0], None, 7)
+        results[k] = bool(np.array_equal(a[rows], src[rows]))
+
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(results)
+    s = lazymem.stats(a)
+    assert s.chunks_installed == s.chunks_present == 10  # concurrent faults on a chunk: one install
+
+
+def test_sequential_scan_reads_ahead(field) -> None:
+    path, src = field
+    a = lazymem.open(path, readahead=4)
+    for row in range(0, src.shape[0], 64):
+        assert np.array_equal(a[row], src[row])
+    s = lazymem.stats(a)
+    assert s.readahead_chunks > 0 and s.faults < s.chunks_total
+
+
+def test_prefetch_installs_exactly_the_chunks_under_a_key(field) -> None:
+    path, src = field
+    a = lazymem.open(path, readahead=0)
+    rows_per_chunk = 2**20 // src[0].nbytes
+    assert a.prefetch(np.s_[rows_per_chunk: 3 * rows_per_chunk]) == 2
+    s = lazymem.stats(a)
+    assert s.chunks_present == 2 and s.faults == 0
+    assert a.prefetch(np.s_[rows_per_chunk: 3 * rows_per_chunk]) == 0
+    assert a.prefetch(([0, 9 * rows_per_chunk], [5, 6])) == 2  # advanced index: chunks 0 and 9
+    assert lazymem.stats(a).chunks_present == 4
+    assert np.array_equal(a, src) and lazymem.stats(a).faults > 0
+
+
+def test_evict_frees_memory_and_reloads_correctly(field) -> None:
+    path, src = field
+    a = lazymem.open(path)
+    assert np.array_equal(a, src)
+    assert a.evict() == 10
+    assert lazymem.stats(a).resident_bytes == 0
+    assert np.array_equal(a, src)
+    assert lazymem.stats(a).chunks_installed == 20
+
+
+def test_close_and_context_manager(field) -> None:
+    path, src = field
+    with lazymem.open(path) as a:
+        assert np.array_equal(a[:5], src[:5])
+    assert lazymem.stats(a).resident_bytes == 0
+    assert np.array_equal(a[:5], src[:5])  # still correct after close: loads again
+
+
+def test_empty_and_zero_dimensional(tmp_path: Path) -> None:
+    for shape in [(0,), (3, 0), ()]:
+        src = np.arange(int(np.prod(shape)), dtype="i4").reshape(shape)
+        path = str(tmp_path / f"a{len(shape)}.npy.zst")
+        lazymem.save(path, src)
+        a = lazymem.open(path)
+        assert isinstance(a, LazyArray) and a.shape == shape and a.dtype == src.dtype
+        assert np.array_equal(a, src)
+
+
+def test_huge_virtual_array_opens_instantly_and_costs_only_what_is_touched(tmp_path: Path) -> None:
+    # 4 GiB of zeros compresses to a few hundred KiB; opening it maps 4 GiB of address space only.
+    path = str(tmp_path / "zeros.npy.zst")
+    big = np.broadcast_to(np.float32(0), (2**30,))
+    lazymem.save(path, big, chunk_bytes=64 * 2**20)
+    a = lazymem.open(path)
+    assert a.shape == (2**30,) and a[2**29] == 0 and a[-1] == 0
+    assert lazymem.stats(a).resident_bytes == 2 * 64 * 2**20
+
+
+def test_open_missing_raises_file_not_found(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        lazymem.open(str(tmp_path / "nope.npy.zst"))
+    with pytest.raises(lazymem.ArrayNotFoundError):
+        lazymem.open(str(tmp_path / "nope.npy.zst"))
+
+
+def test_open_garbage_raises_format_error(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.npy.zst"
+    path.write_bytes(b"not a zstd file at all" * 100)
+    with pytest.raises(lazymem.FormatError):
+        lazymem.open(str(path))
+
+
+def test_chunk_bytes_must_be_page_multiple(field) -> None:
+    path, _ = field
+    with pytest.raises(ValueError, match="multiple"):
+        lazymem.open(path, chunk_bytes=1000)
+
+
+def test_files_written_by_pyzstd_open_lazily(tmp_path: Path) -> None:
+    import io
+
+    pyzstd = pytest.importorskip("pyzstd")
+    src = np.random.default_rng(3).standard_normal((300, 500))
+    buf = io.BytesIO()
+    np.save(buf, src)
+    path = tmp_path / "pyzstd.npy.zst"
+    with pyzstd.SeekableZstdFile(str(path), "w", max_frame_content_size=100_003) as f:
+        f.write(buf.getvalue())
+    a = lazymem.open(str(path), chunk_bytes=4 * PAGE)
+    assert np.array_equal(a[::7], src[::7])
+    assert np.array_equal(a, src)
