@@ -60,10 +60,32 @@ class MonitorClient:
             theirs.close()
         self.control = ours
         self._send_lock = threading.Lock()
-        self.uffd_key, self.monitor_pid = self.request("hello", fds=(self.uffd,), pid=os.getpid())
+        self.uffd_key, _ = self.request("hello", fds=(self.uffd,), pid=os.getpid())
+
+    @property
+    def monitor_pid(self) -> int:
+        """The pid of the process serving faults now (it changes when a dead monitor is replaced)."""
+        return int(self.request("ping"))
+
+    @property
+    def supervisor_pid(self) -> int:
+        return self.process.pid
 
     def request(self, op: str, *, fds: tuple[int, ...] = (), **args: Any) -> Any:
-        """Send one request on a private socket and wait for its reply."""
+        """Send one request and wait for its reply.
+
+        Every request is idempotent, so one cut short by the monitor's death is sent again: the
+        supervisor starts a new monitor that answers it.
+        """
+        for attempt in range(4):
+            try:
+                return self._request_once(op, fds, args)
+            except _Unanswered:
+                if attempt == 3 or not self.alive():
+                    raise MonitorError(f"the lazymem monitor stopped answering during {op!r}") from None
+        raise AssertionError("unreachable")
+
+    def _request_once(self, op: str, fds: tuple[int, ...], args: dict[str, Any]) -> Any:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with self._send_lock:
@@ -72,11 +94,11 @@ class MonitorClient:
                 except OSError as exc:
                     raise MonitorError(f"the lazymem monitor is gone ({exc})") from exc
             theirs.close()
-            protocol.send_obj(mine, (op, args))
             try:
+                protocol.send_obj(mine, (op, args))
                 status, value = protocol.recv_obj(mine)
             except (EOFError, OSError) as exc:
-                raise MonitorError(f"the lazymem monitor stopped answering during {op!r}") from exc
+                raise _Unanswered from exc
         finally:
             mine.close()
             theirs.close()
@@ -86,6 +108,10 @@ class MonitorClient:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+
+class _Unanswered(Exception):
+    """The monitor closed a request's socket without answering (it died meanwhile)."""
 
 
 _client: MonitorClient | None = None

@@ -17,6 +17,7 @@ The monitor knows no format: a region holds a reader with ``read_into(offset, bu
 from __future__ import annotations
 
 import os
+import pickle
 import queue
 import select
 import signal
@@ -24,7 +25,6 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +33,7 @@ from ..errors import FetchError, MonitorError
 from ..kernel import userfaultfd as uffd
 from . import protocol
 from .buffers import BufferPool
+from .supervisor import Journal, Restored
 
 ABSENT, PENDING, PRESENT, FAILED = 0, 1, 2, 3
 DEMAND, PREFETCH, READAHEAD = 0, 1, 2  # job priorities, most urgent first
@@ -92,6 +93,22 @@ class ServedRegion:
     def nchunks(self) -> int:
         return -(-self.length // self.chunk_size)
 
+    def page_present(self, offset: int) -> bool:
+        """Whether the memfd holds the page at ``offset`` (SEEK_DATA finds page-cache pages)."""
+        page = offset - offset % uffd.PAGE_SIZE
+        try:
+            return os.lseek(self.memfd, page, os.SEEK_DATA) == page
+        except OSError:  # ENXIO: no data at or after the offset
+            return False
+
+    def chunk_complete(self, chunk: int) -> bool:
+        """Whether every page of the chunk is in the memfd (SEEK_HOLE finds the first gap)."""
+        offset, _, span = self.chunk_span(chunk)
+        try:
+            return os.lseek(self.memfd, offset, os.SEEK_HOLE) >= offset + span
+        except OSError:
+            return False
+
     def chunk_span(self, chunk: int) -> tuple[int, int, int]:
         """Offset in the region, array bytes in the chunk, and mapped bytes to install."""
         offset = chunk * self.chunk_size
@@ -118,9 +135,11 @@ class Client:
 
 
 class Monitor:
-    def __init__(self, control: socket.socket, workers: int) -> None:
+    def __init__(self, control: socket.socket, workers: int, journal: Journal | None = None) -> None:
         self.control = control
-        self.clients: dict[int, Client] = {}
+        self.journal = journal
+        self.clients: dict[int, Client] = {}  # by client pid, the key the app sends
+        self.by_fd: dict[int, Client] = {}  # by userfaultfd, for the poll loop
         self.regions: dict[tuple[int, int], ServedRegion] = {}
         self.lock = threading.Lock()  # guards clients, regions and their address maps
         self.queue: queue.PriorityQueue[tuple[int, int, Job | None]] = queue.PriorityQueue()
@@ -150,7 +169,7 @@ class Monitor:
                     except BlockingIOError:
                         pass
                 else:
-                    client = self.clients.get(fd)
+                    client = self.by_fd.get(fd)
                     if client is None:
                         continue
                     if events & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
@@ -174,7 +193,7 @@ class Monitor:
         with region.lock:
             region.stats.faults += 1
             state = region.state[chunk]
-            if state == PRESENT:
+            if state == PRESENT and region.page_present(address - region.start):
                 # The install raced ahead of this message; the copy already woke the thread,
                 # but a wake is cheap and covers a page found present by EEXIST.
                 offset, _, span = region.chunk_span(chunk)
@@ -332,31 +351,59 @@ class Monitor:
         finally:
             conn.close()
 
-    def _op_hello(self, uffd_fd: int, *, pid: int) -> tuple[int, int]:
-        """Serve a process's userfaultfd; the fd number here is its key in later requests."""
-        with self.lock:
-            self.clients[uffd_fd] = Client(uffd_fd, pid)
-        self.poller.register(uffd_fd, select.POLLIN)
-        os.write(self.wakeup_w, b"x")
-        return uffd_fd, os.getpid()
+    def _op_ping(self) -> int:
+        return os.getpid()
 
-    def _client(self, uffd_key: int) -> Client:
-        client = self.clients.get(uffd_key)
+    def _op_hello(self, uffd_fd: int, *, pid: int) -> tuple[int, int]:
+        """Serve a process's userfaultfd; its pid is its key in later requests."""
+        self._add_client(uffd_fd, pid)
+        if self.journal:
+            self.journal.record("client", {"pid": pid}, (uffd_fd,))
+        return pid, os.getpid()
+
+    def _add_client(self, uffd_fd: int, pid: int) -> None:
+        with self.lock:
+            old = self.clients.pop(pid, None)
+            client = self.clients[pid] = self.by_fd[uffd_fd] = Client(uffd_fd, pid)
+        if old is not None:  # a retried hello (the monitor restarted meanwhile)
+            self._drop_client(old)
+        self.poller.register(client.uffd, select.POLLIN)
+        os.write(self.wakeup_w, b"x")
+
+    def _client(self, key: int) -> Client:
+        client = self.clients.get(key)
         if client is None:
-            raise MonitorError("unknown client")
+            raise MonitorError(f"unknown client {key}")
         return client
 
-    def _op_register(self, memfd: int, *, client: int, region_id: int, start: int, length: int,
-                     nbytes: int, data_offset: int, chunk_size: int, reader: Any, url: str,
-                     readahead: int) -> None:
-        owner = self._client(client)
-        region = ServedRegion(owner, region_id, start, length, nbytes, data_offset, chunk_size,
-                              reader, memfd, url, readahead)
+    def _op_register(self, memfd: int, **spec: Any) -> None:
+        self._add_region(memfd, spec)
+        if self.journal:
+            self.journal.record("region", spec, (memfd,))
+
+    def _add_region(self, memfd: int, spec: dict[str, Any], *, restoring: bool = False) -> None:
+        owner = self._client(spec["client"])
+        region = ServedRegion(owner, spec["region_id"], spec["start"], spec["length"], spec["nbytes"],
+                              spec["data_offset"], spec["chunk_size"], spec["reader"], memfd, spec["url"],
+                              spec["readahead"])
+        key = (spec["client"], spec["region_id"])
+        if key in self.regions:  # a retried register: the first one landed before a restart
+            os.close(memfd)
+            return
+        if restoring:  # what the dead predecessor installed is still in the memfd
+            for chunk in range(region.nchunks):
+                if region.chunk_complete(chunk):
+                    region.state[chunk] = PRESENT
         with self.lock:
-            i = bisect_right(owner.starts, start)
-            owner.starts.insert(i, start)
+            i = bisect_right(owner.starts, region.start)
+            owner.starts.insert(i, region.start)
             owner.regions.insert(i, region)
-            self.regions[(client, region_id)] = region
+            self.regions[key] = region
+
+    def wake_everything(self) -> None:
+        """Re-deliver faults a dead predecessor read but never served: blocked threads retry."""
+        for region in list(self.regions.values()):
+            self._safe_wake(region, 0, region.length)
 
     def _region(self, client: int, region_id: int) -> ServedRegion:
         region = self.regions.get((client, region_id))
@@ -380,6 +427,8 @@ class Monitor:
         for job in pending:
             job.done.wait()
         os.close(region.memfd)
+        if self.journal:
+            self.journal.record("close", {"client": client, "region_id": region_id})
 
     def _op_stats(self, *, client: int, region_id: int) -> dict[str, Any]:
         region = self._region(client, region_id)
@@ -440,8 +489,11 @@ class Monitor:
         return evicted
 
     def _drop_client(self, client: Client) -> None:
+        """The client process is gone (its userfaultfd hung up): forget it and its regions."""
         with self.lock:
-            self.clients.pop(client.uffd, None)
+            if self.clients.get(client.pid) is client:
+                del self.clients[client.pid]
+            self.by_fd.pop(client.uffd, None)
             regions = [key for key, r in self.regions.items() if r.client is client]
         for key in regions:
             self._op_close(client=key[0], region_id=key[1])
@@ -450,6 +502,8 @@ class Monitor:
         except KeyError:
             pass
         os.close(client.uffd)
+        if self.journal:
+            self.journal.record("drop", {"pid": client.pid})
 
 
 def _stored_bytes(reader: Any, start: int, length: int) -> int:
@@ -458,21 +512,27 @@ def _stored_bytes(reader: Any, start: int, length: int) -> int:
     return int(reader.table.compressed_sizes[frames.start:frames.stop].sum())
 
 
+def serve(control: socket.socket, journal: Journal | None, restored: Restored | None, workers: int) -> None:
+    """Run a monitor until the app has gone; rebuild the state a dead predecessor left first."""
+    monitor = Monitor(control, workers, journal)
+    if restored is not None:
+        for pid, uffd_fd in restored.clients.items():
+            monitor._add_client(uffd_fd, pid)
+        for memfd, blob in restored.regions:
+            monitor._add_region(memfd, pickle.loads(blob), restoring=True)
+        monitor.wake_everything()
+    monitor.run()
+
+
 def main(argv: list[str] | None = None) -> None:
+    from .supervisor import supervise
+
     argv = sys.argv[1:] if argv is None else argv
     control = socket.socket(fileno=int(argv[0]))
     workers = int(argv[1]) if len(argv) > 1 else max(4, 2 * (os.cpu_count() or 1))
     # Ctrl-C in the app's terminal must not kill the monitor under a thread blocked in a fault.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    monitor = Monitor(control, workers)
-    try:
-        monitor.run()
-    except Exception:  # noqa: BLE001
-        traceback.print_exc()
-        os._exit(70)
-    # The app is gone: nothing left to serve. Skip interpreter teardown (daemon threads may be
-    # inside fsspec or zstandard calls).
-    os._exit(0)
+    os._exit(supervise(control, workers))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,183 @@
+"""Keep a monitor running for the app, whatever happens to it.
+
+When the monitor dies (SIGKILL, OOM killer, a crash), app threads may be blocked in faults it had
+read but not served, possibly holding their GIL, so the app itself can do nothing. Hence the
+process the app starts is a small, single-threaded supervisor that forks the real monitor (the
+*worker*) and keeps a journal of what it serves: each client's userfaultfd, each region's memfd
+and description. When the worker dies, the supervisor forks a new one from that journal; the new
+worker wakes every registered range (``UFFDIO_WAKE``), so blocked threads retry their access and
+fault again, this time to a monitor that answers. Pages the dead worker installed stay installed
+(installs are whole pages; the rest of a half-installed chunk is skipped with EEXIST).
+
+If workers keep dying, recovery is impossible: the supervisor poisons every registered range so
+that waiting threads get SIGBUS with a message on stderr rather than hanging forever.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..kernel import userfaultfd as uffd
+from . import protocol
+
+MAX_RESTARTS = 10  # within RESTART_WINDOW seconds; past that, give up loudly
+RESTART_WINDOW = 60.0
+
+
+class Journal:
+    """The worker's side: tell the supervisor (synchronously, in order) what it now serves."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+
+    def record(self, kind: str, spec: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
+        if kind == "region":
+            # Opaque to the supervisor: unpickling a reader there could start threads (fsspec's
+            # event loop) that a forked worker would then inherit broken ("not fork-safe").
+            spec = {**_summary(spec), "blob": pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)}
+        with self.lock:
+            socket.send_fds(self.sock, [b"J"], list(fds))
+            protocol.send_obj(self.sock, (kind, spec))
+
+
+def _summary(spec: dict[str, Any]) -> dict[str, Any]:
+    return {k: spec[k] for k in ("client", "region_id", "start", "length", "url")}
+
+
+@dataclass
+class Restored:
+    """What a new worker takes over: the supervisor's copies of the fds, and the descriptions."""
+
+    clients: dict[int, int] = field(default_factory=dict)  # client pid -> userfaultfd
+    regions: list[tuple[int, bytes]] = field(default_factory=list)  # (memfd, pickled register spec)
+
+
+class _State:
+    def __init__(self) -> None:
+        self.clients: dict[int, int] = {}
+        self.regions: dict[tuple[int, int], tuple[int, dict[str, Any]]] = {}
+
+    def apply(self, kind: str, spec: dict[str, Any], fds: list[int]) -> None:
+        if kind == "client":
+            old = self.clients.pop(spec["pid"], None)
+            if old is not None:
+                os.close(old)
+            self.clients[spec["pid"]] = fds[0]
+        elif kind == "region":
+            key = (spec["client"], spec["region_id"])
+            if key in self.regions:
+                os.close(fds[0])
+            else:
+                self.regions[key] = (fds[0], spec)
+        elif kind == "close":
+            entry = self.regions.pop((spec["client"], spec["region_id"]), None)
+            if entry is not None:
+                os.close(entry[0])
+        elif kind == "drop":
+            fd = self.clients.pop(spec["pid"], None)
+            if fd is not None:
+                os.close(fd)
+            for key in [k for k in self.regions if k[0] == spec["pid"]]:
+                os.close(self.regions.pop(key)[0])
+
+    def restored(self) -> Restored:
+        return Restored(dict(self.clients), [(memfd, spec["blob"]) for memfd, spec in self.regions.values()])
+
+
+def _read_record(link: socket.socket, state: _State) -> bool:
+    """Apply one journal record; False at EOF (the worker is gone)."""
+    try:
+        msg, fds, _flags, _addr = socket.recv_fds(link, 1, protocol.MAX_FDS)
+    except OSError:
+        return False
+    if not msg:
+        return False
+    try:
+        kind, spec = protocol.recv_obj(link)
+    except (EOFError, OSError):  # the worker died in the middle of a record
+        for fd in fds:
+            os.close(fd)
+        return False
+    state.apply(kind, spec, list(fds))
+    return True
+
+
+def _follow(pid: int, link: socket.socket, state: _State) -> int:
+    """Keep the journal until the worker exits; return its wait status."""
+    pidfd = os.pidfd_open(pid)
+    poller = select.poll()
+    poller.register(link, select.POLLIN)
+    poller.register(pidfd, select.POLLIN)
+    try:
+        while True:
+            ready = {fd for fd, _ in poller.poll()}
+            if link.fileno() in ready and _read_record(link, state):
+                continue
+            if pidfd in ready or link.fileno() in ready:
+                while _read_record(link, state):  # drain what it wrote before dying
+                    pass
+                _, status = os.waitpid(pid, 0)
+                return status
+    finally:
+        os.close(pidfd)
+
+
+def _poison_everything(state: _State) -> None:
+    for memfd_spec in state.regions.values():
+        spec = memfd_spec[1]
+        fd = state.clients.get(spec["client"])
+        if fd is None:
+            continue
+        try:
+            uffd.poison(fd, spec["start"], spec["length"])
+        except OSError as exc:
+            print(f"lazymem monitor: cannot poison {spec['url']}: {exc}", file=sys.stderr)
+
+
+def supervise(control: socket.socket, workers: int) -> int:
+    """Run workers until the app has gone; return the supervisor's exit code."""
+    from .server import serve
+
+    state = _State()
+    deaths: deque[float] = deque()
+    while True:
+        link_here, link_there = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        restored = state.restored() if state.clients else None
+        pid = os.fork()
+        if pid == 0:  # the worker
+            link_here.close()
+            try:
+                serve(control, Journal(link_there), restored, workers)
+            except BaseException:  # noqa: BLE001 - report, and let the supervisor restart us
+                traceback.print_exc()
+                os._exit(70)
+            os._exit(0)
+        link_there.close()
+        status = _follow(pid, link_here, state)
+        link_here.close()
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            return 0  # the app has gone and the worker with it
+        cause = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+                 else f"exit status {os.WEXITSTATUS(status)}")
+        now = time.monotonic()
+        deaths.append(now)
+        while deaths and now - deaths[0] > RESTART_WINDOW:
+            deaths.popleft()
+        if len(deaths) > MAX_RESTARTS:
+            print(f"lazymem monitor: the monitor died {len(deaths)} times in {RESTART_WINDOW:.0f} s "
+                  f"(last: {cause}); giving up: poisoning every lazy array, readers get SIGBUS",
+                  file=sys.stderr, flush=True)
+            _poison_everything(state)
+            return 1
+        print(f"lazymem monitor: the monitor died ({cause}); starting a new one", file=sys.stderr, flush=True)

@@ -1,0 +1,93 @@
+"""Failures during lazy access: never wrong data, never silent zeros.
+
+A corrupt chunk fails loudly for that chunk alone: ``prefetch`` raises the error as an exception;
+a transparent access gets SIGBUS after the monitor has written which URL and chunk to stderr.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lazymem
+from lazymem.sources import open_source
+
+from .conftest import run_python
+
+
+def _corrupt_chunk(path: str, frame: int) -> None:
+    """Flip a byte in the middle of a stored frame (its checksum no longer matches)."""
+    table = open_source(path).table
+    middle = int(table.compressed_offsets[frame]) + int(table.compressed_sizes[frame]) // 2
+    with open(path, "r+b") as f:
+        f.seek(middle)
+        byte = f.read(1)
+        f.seek(middle)
+        f.write(bytes([byte[0] ^ 0x40]))
+
+
+@pytest.fixture
+def corrupt(tmp_path: Path) -> tuple[str, np.ndarray]:
+    src = np.random.default_rng(0).standard_normal(2**20)  # 8 MiB: 8 chunks of 1 MiB
+    path = str(tmp_path / "corrupt.npy.zst")
+    lazymem.save(path, src, chunk_bytes=2**20)
+    _corrupt_chunk(path, frame=4)  # frame 0 is the header: data chunk 3
+    return path, src
+
+
+def test_prefetch_raises_for_a_corrupt_chunk_and_other_chunks_still_read(corrupt) -> None:
+    path, src = corrupt
+    a = lazymem.open(path, readahead=0)
+    per_chunk = 2**20 // 8
+    with pytest.raises(lazymem.CorruptChunkError, match="frame 4|chunk"):
+        a.prefetch(np.s_[3 * per_chunk: 3 * per_chunk + 1])
+    with pytest.raises(lazymem.CorruptChunkError):
+        a.prefetch()
+    assert np.array_equal(a[: 3 * per_chunk], src[: 3 * per_chunk])
+    assert np.array_equal(a[4 * per_chunk:], src[4 * per_chunk:])
+    assert lazymem.stats(a).failures >= 2
+
+
+def test_eager_load_raises_for_a_corrupt_chunk(corrupt) -> None:
+    path, _ = corrupt
+    with pytest.raises(lazymem.CorruptChunkError):
+        lazymem.load(path)
+
+
+def test_transparent_access_to_a_corrupt_chunk_gets_sigbus_with_a_message(corrupt) -> None:
+    path, src = corrupt
+    per_chunk = 2**20 // 8
+    result = run_python(
+        f"""
+        import faulthandler, numpy as np, lazymem
+        faulthandler.disable()
+        a = lazymem.open({path!r}, readahead=0)
+        print("before", float(a[0]) == {float(src[0])!r}, flush=True)
+        value = a[{3 * per_chunk + 5}]
+        print("NEVER", value, flush=True)
+        """
+    )
+    assert result.returncode == -signal.SIGBUS, (result.returncode, result.stdout, result.stderr)
+    assert "before True" in result.stdout and "NEVER" not in result.stdout
+    assert "chunk 3" in result.stderr and path in result.stderr and "CorruptChunkError" in result.stderr
+
+
+def test_a_missing_object_at_fault_time_fails_loudly(tmp_path: Path) -> None:
+    # The object disappears after open: the fetch fails permanently (after retries), SIGBUS.
+    src = np.arange(2**18, dtype="f8")
+    path = tmp_path / "vanishing.npy.zst"
+    lazymem.save(str(path), src, chunk_bytes=2**20)
+    result = run_python(
+        f"""
+        import faulthandler, os, numpy as np, lazymem
+        faulthandler.disable()
+        a = lazymem.open({str(path)!r}, readahead=0)
+        os.unlink({str(path)!r})
+        print("NEVER", a[100], flush=True)
+        """
+    )
+    assert result.returncode == -signal.SIGBUS, (result.returncode, result.stdout, result.stderr)
+    assert "NEVER" not in result.stdout and str(path) in result.stderr
