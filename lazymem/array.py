@@ -107,8 +107,14 @@ class LazyArray(np.ndarray):
         return res
 
     def __reduce__(self) -> Any:
-        # Until pickling by reference lands, pickle the values as a plain array (never the address).
-        return np.asarray(self).copy().__reduce__()
+        # By reference: the URL and where this view lies in the array, a few hundred bytes. The
+        # other process opens the URL lazily itself (spawn, forkserver, another machine).
+        handle = self._lazy
+        if handle is None:
+            return np.array(self, copy=True).view(np.ndarray).__reduce__()
+        offset = self.ctypes.data - handle.base_address
+        return (_rebuild, (handle.url, handle.storage_options, handle.open_options,
+                           self.dtype, self.shape, self.strides, offset))
 
     def __deepcopy__(self, memo: Any) -> np.ndarray:
         return np.array(self, copy=True).view(np.ndarray)
@@ -170,6 +176,20 @@ class _Handle:
     url: str
     chunk_size: int
     base_address: int
+    storage_options: dict[str, Any] | None
+    open_options: dict[str, Any]
+
+
+def _rebuild(url: str, storage_options: dict[str, Any] | None, open_options: dict[str, Any],
+             dtype: np.dtype, shape: tuple[int, ...], strides: tuple[int, ...], offset: int) -> LazyArray:
+    """Unpickle a LazyArray (or a view of one): open the URL lazily and take the same view."""
+    whole = open(url, storage_options=storage_options, **open_options)
+    if whole._lazy is None:  # an empty array
+        return np.ndarray.__new__(LazyArray, shape, dtype)
+    flat = whole.view(np.ndarray).reshape(-1, order="A").view(np.uint8)  # memory order, no copy
+    view = np.ndarray.__new__(LazyArray, shape, dtype, buffer=flat, offset=offset, strides=strides)
+    view._lazy = whole._lazy
+    return view
 
 
 def _is_whole(arr: np.ndarray, handle: _Handle) -> bool:
@@ -276,7 +296,8 @@ def open(
     arr = np.ndarray.__new__(
         LazyArray, header.shape, header.dtype, buffer=flat, order="F" if header.fortran_order else "C"
     )
-    arr._lazy = _Handle(region, url, chunk_size, region.address)
+    arr._lazy = _Handle(region, url, chunk_size, region.address, storage_options,
+                        {"chunk_bytes": chunk_bytes, "readahead": readahead})
     return arr
 
 

@@ -18,6 +18,12 @@ from .kernel import userfaultfd as uffd
 from .monitor.client import MonitorClient
 
 _region_ids = itertools.count(1)
+_live: weakref.WeakSet[Region] = weakref.WeakSet()
+
+
+def live_regions() -> list[Region]:
+    """Regions whose arrays are still alive (a forked child maps these again)."""
+    return list(_live)
 
 
 class Region:
@@ -44,6 +50,28 @@ class Region:
         except BaseException:
             self._unmap()
             raise
+        _live.add(self)
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed and self.address != 0
+
+    def remap_in_child(self, client: MonitorClient) -> None:
+        """In a forked child: map the memfd again at the same address, register it with ``client``."""
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        uffd.map_shared(self.memfd, self.length, prot=uffd.PROT_READ, address=self.address)
+        self.pid = os.getpid()  # from here on the mapping is this process's to undo
+        uffd.madvise(self.address, self.length, uffd.MADV_DONTFORK)
+        uffd.register(client.uffd, self.address, self.length, uffd.UFFDIO_REGISTER_MODE_MISSING)
+        self.client = client
+
+    def forget_in_child(self) -> None:
+        """In a forked child that cannot serve the region: leave its address unmapped for good, so
+        a touch is a SIGSEGV rather than a read of unregistered (zero) pages."""
+        if self.pid == os.getpid() and self.address:
+            uffd.unmap(self.address, self.length)
+        self.closed = True
+        self.address = 0
 
     def announce(self, *, reader: Any, data_offset: int, chunk_size: int, url: str, readahead: int) -> None:
         """Tell the monitor how to fill this region; faults can be served once this returns."""

@@ -117,3 +117,87 @@ def test_child_of_a_fork_can_open_its_own_arrays(field) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert np.array_equal(a, src)
+
+
+def test_forked_child_reads_untouched_chunks_and_shares_installed_ones(field) -> None:
+    path, src = field
+    a = lazymem.open(path, readahead=0)
+    assert np.array_equal(a[:256], src[:256])  # chunk 0 installed by the parent
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ok = np.array_equal(a, src)  # every other chunk faults in the child
+            s = lazymem.stats(a)
+            # The child installed the 9 chunks the parent had not; chunk 0 came from the page cache.
+            os.write(write_fd, f"{ok} {s.chunks_installed}".encode())
+            os._exit(0)
+        except BaseException as exc:  # noqa: BLE001
+            os.write(write_fd, repr(exc).encode())
+            os._exit(1)
+    os.close(write_fd)
+    report = os.read(read_fd, 1000).decode()
+    os.close(read_fd)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, report
+    assert report == "True 9"
+    # Chunks the child installed are visible to the parent without a fault or a fetch.
+    before = lazymem.stats(a)
+    assert np.array_equal(a, src)
+    after = lazymem.stats(a)
+    assert after.faults == before.faults and after.chunks_installed == before.chunks_installed == 1
+
+
+def test_multiprocessing_fork_pool_reads_correct_values(field) -> None:
+    import multiprocessing
+
+    path, src = field
+    global _INHERITED
+    _INHERITED = lazymem.open(path)  # inherited by the forked workers, not pickled
+    ctx = multiprocessing.get_context("fork")
+    try:
+        with ctx.Pool(2) as pool:
+            sums = pool.map(_row_sum, range(0, src.shape[0], 97))
+    finally:
+        _INHERITED = None
+    assert sums == [float(src[i].sum(dtype=np.float64)) for i in range(0, src.shape[0], 97)]
+
+
+_INHERITED = None
+
+
+def _row_sum(i: int) -> float:
+    assert _INHERITED is not None
+    return float(_INHERITED[i].sum(dtype=np.float64))
+
+
+def test_pickling_is_by_reference_and_lazy(field) -> None:
+    import pickle
+
+    path, src = field
+    a = lazymem.open(path)
+    for view, want in [(a, src), (a[10:20, ::-3], src[10:20, ::-3]), (a.T[5], src.T[5]),
+                       (a[::-1, ::2][3:7], src[::-1, ::2][3:7])]:
+        data = pickle.dumps(view)
+        assert len(data) < 1000
+        back = pickle.loads(data)
+        assert isinstance(back, lazymem.LazyArray)
+        assert (back.shape, back.strides, back.dtype) == (view.shape, view.strides, view.dtype)
+        assert lazymem.stats(back).chunks_installed == 0  # unpickling read nothing
+        assert np.array_equal(back, want)
+
+
+def _spawned_sum(arr: np.ndarray) -> float:
+    return float(arr.sum(dtype=np.float64))
+
+
+def test_spawn_and_forkserver_receive_lazy_views(field) -> None:
+    import multiprocessing
+
+    path, src = field
+    a = lazymem.open(path)
+    views = [a[i: i + 300] for i in range(0, src.shape[0], 700)]
+    want = [float(src[i: i + 300].sum(dtype=np.float64)) for i in range(0, src.shape[0], 700)]
+    for method in ("spawn", "forkserver"):
+        with multiprocessing.get_context(method).Pool(2) as pool:
+            assert pool.map(_spawned_sum, views) == want, method

@@ -25,20 +25,53 @@ class MonitorClient:
     """A running monitor process serving this process's userfaultfd."""
 
     def __init__(self, workers: int | None = None) -> None:
-        opened = uffd.open_userfaultfd()
-        self.uffd = opened.fd
-        self.uffd_how = opened.how
-        self.user_mode_only = opened.user_mode_only
+        self._new_userfaultfd()
         try:
-            offered = uffd.api_handshake(self.uffd, _FEATURES)
-            if not offered & uffd.UFFD_FEATURE_MISSING_SHMEM:
-                raise MonitorError("this kernel cannot serve missing faults on shared memory (needs Linux >= 4.11)")
-            self.features = offered
             self._start(workers)
         except BaseException:
             os.close(self.uffd)
             raise
+
+    def _new_userfaultfd(self) -> None:
+        opened = uffd.open_userfaultfd()
+        self.uffd = opened.fd
+        self.uffd_how = opened.how
+        self.user_mode_only = opened.user_mode_only
         self.pid = os.getpid()
+        try:
+            offered = uffd.api_handshake(self.uffd, _FEATURES)
+            if not offered & uffd.UFFD_FEATURE_MISSING_SHMEM:
+                raise MonitorError("this kernel cannot serve missing faults on shared memory (needs Linux >= 4.11)")
+        except BaseException:
+            os.close(self.uffd)
+            raise
+        self.features = offered
+
+    @classmethod
+    def for_forked_child(cls, parent: MonitorClient, regions: list[Any]) -> MonitorClient:
+        """In a forked child: map the parent's regions again and have the parent's monitor serve them.
+
+        The regions were not inherited (MADV_DONTFORK, so the child can never read them unregistered,
+        i.e. as zeros). Mapping each memfd again at the same address makes every ndarray the child
+        inherited valid again; chunks the parent installed are in the shared page cache already, and
+        chunks installed for the child appear in the parent without a fault.
+        """
+        self = cls.__new__(cls)
+        self._new_userfaultfd()
+        self.control = parent.control  # SEQPACKET messages are atomic: parent and child can share it
+        self.process = parent.process
+        self._send_lock = threading.Lock()
+        self._owner_pid = parent._owner_pid
+        try:
+            for region in regions:
+                region.remap_in_child(self)
+            self.uffd_key, _ = self.request("hello", fds=(self.uffd,), pid=os.getpid())
+            self.request("fork", client=self.uffd_key, parent=parent.uffd_key,
+                         region_ids=[region.region_id for region in regions])
+        except BaseException:
+            os.close(self.uffd)
+            raise
+        return self
 
     def _start(self, workers: int | None) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -60,6 +93,7 @@ class MonitorClient:
             theirs.close()
         self.control = ours
         self._send_lock = threading.Lock()
+        self._owner_pid = os.getpid()  # only the process that started the monitor can wait for it
         self.uffd_key, _ = self.request("hello", fds=(self.uffd,), pid=os.getpid())
 
     @property
@@ -107,7 +141,13 @@ class MonitorClient:
         return value
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        if os.getpid() == self._owner_pid:
+            return self.process.poll() is None
+        try:
+            os.kill(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
 
 class _Unanswered(Exception):
@@ -134,19 +174,29 @@ def current_client() -> MonitorClient | None:
 
 
 def _after_fork_in_child() -> None:
-    # The child must not talk over the parent's control socket (and must not keep it open, or
-    # the monitor would outlive the parent). The child's regions were not inherited
-    # (MADV_DONTFORK), so it starts afresh with a monitor of its own when it opens an array.
+    """Make the parent's lazy arrays work in a forked child, or leave them unmapped (never zeros)."""
     global _client, _client_lock
     _client_lock = threading.Lock()
-    client, _client = _client, None
-    if client is not None:
-        for fd in (client.control.fileno(), client.uffd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        client.control.detach()
+    parent, _client = _client, None
+    if parent is None:
+        return
+    from ..region import live_regions
+
+    regions = [region for region in live_regions() if region.client is parent and region.usable]
+    try:
+        os.close(parent.uffd)  # the parent's userfaultfd serves the parent's address space only
+    except OSError:
+        pass
+    if not regions:
+        parent.control.close()  # so the monitor does not outlive the parent because of us
+        return
+    try:
+        _client = MonitorClient.for_forked_child(parent, regions)
+    except BaseException as exc:  # noqa: BLE001 - never let a fork fail because of us
+        for region in regions:
+            region.forget_in_child()
+        print(f"lazymem: cannot serve lazy arrays in this forked child ({exc}); touching them will "
+              "raise SIGSEGV (they are not mapped here), never give zeros", file=sys.stderr)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

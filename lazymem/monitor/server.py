@@ -78,6 +78,7 @@ class ServedRegion:
     memfd: int
     url: str
     readahead_max: int
+    spec: dict[str, Any] = field(default_factory=dict)  # as registered, to clone for forked children
     state: bytearray = field(init=False)
     jobs: dict[int, Job] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -118,10 +119,11 @@ class ServedRegion:
 
 @dataclass
 class Client:
-    """One process whose userfaultfd we serve (the app, later also its forked children)."""
+    """One process whose userfaultfd we serve: the app, and each forked child of it."""
 
     uffd: int
     pid: int
+    pidfd: int = -1  # readable when the process exits (a child may exit long before the app)
     starts: list[int] = field(default_factory=list)
     regions: list[ServedRegion] = field(default_factory=list)
 
@@ -140,6 +142,7 @@ class Monitor:
         self.journal = journal
         self.clients: dict[int, Client] = {}  # by client pid, the key the app sends
         self.by_fd: dict[int, Client] = {}  # by userfaultfd, for the poll loop
+        self.by_pidfd: dict[int, Client] = {}
         self.regions: dict[tuple[int, int], ServedRegion] = {}
         self.lock = threading.Lock()  # guards clients, regions and their address maps
         self.queue: queue.PriorityQueue[tuple[int, int, Job | None]] = queue.PriorityQueue()
@@ -168,6 +171,8 @@ class Monitor:
                         os.read(self.wakeup_r, 4096)
                     except BlockingIOError:
                         pass
+                elif fd in self.by_pidfd:
+                    self._drop_client(self.by_pidfd[fd])
                 else:
                     client = self.by_fd.get(fd)
                     if client is None:
@@ -362,13 +367,35 @@ class Monitor:
         return pid, os.getpid()
 
     def _add_client(self, uffd_fd: int, pid: int) -> None:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            pidfd = -1
         with self.lock:
             old = self.clients.pop(pid, None)
-            client = self.clients[pid] = self.by_fd[uffd_fd] = Client(uffd_fd, pid)
+            client = self.clients[pid] = self.by_fd[uffd_fd] = Client(uffd_fd, pid, pidfd)
+            if pidfd >= 0:
+                self.by_pidfd[pidfd] = client
         if old is not None:  # a retried hello (the monitor restarted meanwhile)
             self._drop_client(old)
         self.poller.register(client.uffd, select.POLLIN)
+        if pidfd >= 0:
+            self.poller.register(pidfd, select.POLLIN)
         os.write(self.wakeup_w, b"x")
+
+    def _op_fork(self, *, client: int, parent: int, region_ids: list[int]) -> None:
+        """A forked child mapped the parent's memfds at the same addresses and registered them with
+        its own userfaultfd: serve them like the parent's, sharing reader and installed chunks."""
+        for region_id in region_ids:
+            original = self._region(parent, region_id)
+            memfd = os.dup(original.memfd)
+            spec = {**original.spec, "client": client}
+            self._add_region(memfd, spec)
+            clone = self._region(client, region_id)
+            with original.lock:
+                clone.state[:] = bytes(PRESENT if s == PRESENT else ABSENT for s in original.state)
+            if self.journal:
+                self.journal.record("region", spec, (memfd,))
 
     def _client(self, key: int) -> Client:
         client = self.clients.get(key)
@@ -385,7 +412,7 @@ class Monitor:
         owner = self._client(spec["client"])
         region = ServedRegion(owner, spec["region_id"], spec["start"], spec["length"], spec["nbytes"],
                               spec["data_offset"], spec["chunk_size"], spec["reader"], memfd, spec["url"],
-                              spec["readahead"])
+                              spec["readahead"], spec)
         key = (spec["client"], spec["region_id"])
         if key in self.regions:  # a retried register: the first one landed before a restart
             os.close(memfd)
@@ -497,11 +524,16 @@ class Monitor:
             regions = [key for key, r in self.regions.items() if r.client is client]
         for key in regions:
             self._op_close(client=key[0], region_id=key[1])
-        try:
-            self.poller.unregister(client.uffd)
-        except KeyError:
-            pass
-        os.close(client.uffd)
+        for fd in (client.uffd, client.pidfd):
+            if fd < 0:
+                continue
+            try:
+                self.poller.unregister(fd)
+            except KeyError:
+                pass
+            os.close(fd)
+        with self.lock:
+            self.by_pidfd.pop(client.pidfd, None)
         if self.journal:
             self.journal.record("drop", {"pid": client.pid})
 
