@@ -7,6 +7,7 @@
 """
 
 from .array import LazyArray, Stats, open, stats
+from .config import parse_size, set_max_resident
 from .eager import load
 from .errors import (
     ArrayNotFoundError,
@@ -43,6 +44,8 @@ __all__ = [
     "UserfaultfdUnavailableError",
     "load",
     "open",
+    "parse_size",
     "save",
+    "set_max_resident",
     "stats",
 ]

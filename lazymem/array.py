@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import default_max_resident, parse_size
 from .errors import ClosedArrayError
 from .kernel.userfaultfd import PAGE_SIZE, round_up
 from .monitor.client import get_client
@@ -252,6 +253,7 @@ def open(
     storage_options: dict[str, Any] | None = None,
     chunk_bytes: int | None = None,
     readahead: int = DEFAULT_READAHEAD,
+    max_resident: int | str | None = None,
 ) -> LazyArray:
     """Open a compressed array lazily.
 
@@ -267,6 +269,11 @@ def open(
         :func:`lazymem.save`, else about the frames' size (at least 4 MiB).
     readahead : int
         Most chunks read ahead on sequential access (0 turns readahead off).
+    max_resident : int or str, optional
+        Most bytes of this array held in memory at once (``"2GiB"``, ``500_000_000``); past it
+        the least recently loaded chunks are evicted and load again when touched. Default:
+        :func:`lazymem.set_max_resident`, else ``$LAZYMEM_MAX_RESIDENT``, else half the memory
+        available at open time.
 
     Returns
     -------
@@ -280,12 +287,14 @@ def open(
                                    order="F" if header.fortran_order else "C")
         empty.flags.writeable = False
         return empty
+    budget = parse_size(max_resident) if max_resident is not None else default_max_resident()
     client = get_client()
     chunk_size = _choose_chunk_bytes(reader, header.nbytes, chunk_bytes)
     region = Region(client, header.nbytes, name=f"lazymem:{url}")
     try:
         region.announce(reader=reader, data_offset=header.data_offset, chunk_size=chunk_size,
-                        url=url, readahead=readahead)
+                        url=url, readahead=readahead,
+                        max_resident=budget if budget < header.nbytes else None)
         buffer = region.buffer()
     except BaseException:
         region.release()
@@ -297,7 +306,7 @@ def open(
         LazyArray, header.shape, header.dtype, buffer=flat, order="F" if header.fortran_order else "C"
     )
     arr._lazy = _Handle(region, url, chunk_size, region.address, storage_options,
-                        {"chunk_bytes": chunk_bytes, "readahead": readahead})
+                        {"chunk_bytes": chunk_bytes, "readahead": readahead, "max_resident": max_resident})
     return arr
 
 

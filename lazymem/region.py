@@ -73,7 +73,8 @@ class Region:
         self.closed = True
         self.address = 0
 
-    def announce(self, *, reader: Any, data_offset: int, chunk_size: int, url: str, readahead: int) -> None:
+    def announce(self, *, reader: Any, data_offset: int, chunk_size: int, url: str, readahead: int,
+                 max_resident: int | None) -> None:
         """Tell the monitor how to fill this region; faults can be served once this returns."""
         self.client.request(
             "register",
@@ -88,6 +89,7 @@ class Region:
             reader=reader,
             url=url,
             readahead=readahead,
+            max_resident=max_resident,
         )
 
     def buffer(self) -> memoryview:

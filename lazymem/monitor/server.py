@@ -32,6 +32,7 @@ from typing import Any
 from ..errors import FetchError, MonitorError
 from ..kernel import userfaultfd as uffd
 from . import protocol
+from .budget import ResidentSet
 from .buffers import BufferPool
 from .supervisor import Journal, Restored
 
@@ -53,14 +54,19 @@ class RegionStats:
     install_seconds: float = 0.0
 
 
+class _NoRoom(Exception):
+    """A readahead install found no chunk it may evict; the chunk stays absent."""
+
+
 class Job:
     """One chunk being installed; requests waiting for it block on ``done``."""
 
-    __slots__ = ("chunk", "done", "error", "priority", "region", "started")
+    __slots__ = ("chunk", "done", "error", "priority", "region", "reserved", "started")
 
     def __init__(self, region: ServedRegion, chunk: int, priority: int) -> None:
         self.region, self.chunk, self.priority = region, chunk, priority
         self.started = False
+        self.reserved = 0  # budget bytes this install holds while in flight
         self.done = threading.Event()
         self.error: BaseException | None = None
 
@@ -79,7 +85,10 @@ class ServedRegion:
     url: str
     readahead_max: int
     spec: dict[str, Any] = field(default_factory=dict)  # as registered, to clone for forked children
+    budget: int | None = None  # most array bytes resident at once (None: no limit)
     state: bytearray = field(init=False)
+    resident_set: ResidentSet = field(init=False)
+    installing: int = 0  # bytes being installed by workers right now
     jobs: dict[int, Job] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     stats: RegionStats = field(default_factory=RegionStats)
@@ -89,6 +98,7 @@ class ServedRegion:
 
     def __post_init__(self) -> None:
         self.state = bytearray(self.nchunks)
+        self.resident_set = ResidentSet(self.budget, self.chunk_size)
 
     @property
     def nchunks(self) -> int:
@@ -198,6 +208,7 @@ class Monitor:
         with region.lock:
             region.stats.faults += 1
             state = region.state[chunk]
+            region.resident_set.touched(chunk)
             if state == PRESENT and region.page_present(address - region.start):
                 # The install raced ahead of this message; the copy already woke the thread,
                 # but a wake is cheap and covers a page found present by EEXIST.
@@ -252,6 +263,15 @@ class Monitor:
                 job.started = True
             try:
                 self._install(job)
+            except _NoRoom:
+                with region.lock:
+                    if job.priority != READAHEAD:  # a reader faulted on it meanwhile: install it now
+                        job.started = False
+                        self._enqueue(job)
+                        continue
+                    region.jobs.pop(job.chunk, None)
+                    region.state[job.chunk] = ABSENT
+                job.done.set()
             except BaseException as exc:  # noqa: BLE001 - every failure must reach the waiters
                 self._fail(job, exc)
             else:
@@ -262,6 +282,8 @@ class Monitor:
         if region.closed:
             raise MonitorError(f"{region.url}: array closed")
         offset, data_bytes, span = region.chunk_span(chunk)
+        if region.budget is not None:
+            self._make_room(job, span)
         buf = self.buffers.get(span)
         try:
             t0 = time.perf_counter()
@@ -291,12 +313,50 @@ class Monitor:
             stats.install_seconds += t2 - t1
             region.state[chunk] = PRESENT
             region.jobs.pop(chunk, None)
+            region.resident_set.installed(chunk, span)
+            region.installing -= job.reserved
         uffd.wake(region.client.uffd, region.start + offset, span)
+
+    def _make_room(self, job: Job, span: int) -> None:
+        """Evict chunks so that this install stays within the array's budget.
+
+        Demand faults and prefetches install even if nothing can be evicted (everything else is in
+        flight or being read): the overshoot is bounded by the number of workers. Readahead gives up
+        instead of pushing out what the reader is using or has not read yet.
+        """
+        region = job.region
+        with region.lock:
+            reader_at = region.last_fault
+            readahead = job.priority == READAHEAD
+
+            def protected(chunk: int) -> bool:
+                if chunk == reader_at or region.state[chunk] != PRESENT:
+                    return True
+                return readahead and reader_at <= chunk < job.chunk
+
+            victims = region.resident_set.victims(span, region.installing, protected)
+            if victims is None:
+                if readahead:
+                    raise _NoRoom
+                victims = region.resident_set.victims(0, 0, protected) or []
+            for victim in victims:
+                self._evict_chunk(region, victim)
+            region.installing += span
+            job.reserved = span
+
+    def _evict_chunk(self, region: ServedRegion, chunk: int) -> None:
+        """Punch the chunk out of the memfd: every mapping of it faults there again (region.lock held)."""
+        offset, _, span = region.chunk_span(chunk)
+        uffd.punch_hole(region.memfd, offset, span)
+        region.state[chunk] = ABSENT
+        region.resident_set.evicted(chunk)
+        region.stats.evictions += 1
 
     def _fail(self, job: Job, exc: BaseException) -> None:
         region, chunk = job.region, job.chunk
         job.error = exc
         with region.lock:
+            region.installing -= job.reserved
             region.jobs.pop(chunk, None)
             region.stats.failures += 1
             demanded = job.priority == DEMAND
@@ -394,6 +454,9 @@ class Monitor:
             clone = self._region(client, region_id)
             with original.lock:
                 clone.state[:] = bytes(PRESENT if s == PRESENT else ABSENT for s in original.state)
+            for chunk in range(clone.nchunks):
+                if clone.state[chunk] == PRESENT:
+                    clone.resident_set.installed(chunk, clone.chunk_span(chunk)[2])
             if self.journal:
                 self.journal.record("region", spec, (memfd,))
 
@@ -412,7 +475,7 @@ class Monitor:
         owner = self._client(spec["client"])
         region = ServedRegion(owner, spec["region_id"], spec["start"], spec["length"], spec["nbytes"],
                               spec["data_offset"], spec["chunk_size"], spec["reader"], memfd, spec["url"],
-                              spec["readahead"], spec)
+                              spec["readahead"], spec, spec.get("max_resident"))
         key = (spec["client"], spec["region_id"])
         if key in self.regions:  # a retried register: the first one landed before a restart
             os.close(memfd)
@@ -421,6 +484,7 @@ class Monitor:
             for chunk in range(region.nchunks):
                 if region.chunk_complete(chunk):
                     region.state[chunk] = PRESENT
+                    region.resident_set.installed(chunk, region.chunk_span(chunk)[2])
         with self.lock:
             i = bisect_right(owner.starts, region.start)
             owner.starts.insert(i, region.start)
@@ -508,11 +572,8 @@ class Monitor:
             for chunk in targets:
                 if region.state[chunk] not in (PRESENT, FAILED):
                     continue
-                offset, _, span = region.chunk_span(chunk)
-                uffd.punch_hole(region.memfd, offset, span)
-                region.state[chunk] = ABSENT
+                self._evict_chunk(region, chunk)
                 evicted += 1
-            region.stats.evictions += evicted
         return evicted
 
     def _drop_client(self, client: Client) -> None:
