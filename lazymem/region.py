@@ -21,6 +21,13 @@ _region_ids = itertools.count(1)
 _live: weakref.WeakSet[Region] = weakref.WeakSet()
 
 
+def _register_mode(client: MonitorClient) -> int:
+    # MINOR too for zero-copy installs: the monitor fills the memfd's page cache itself, and the
+    # app must fault on those pages (and wait) until UFFDIO_CONTINUE says a whole chunk is there.
+    mode = uffd.UFFDIO_REGISTER_MODE_MISSING
+    return mode | uffd.UFFDIO_REGISTER_MODE_MINOR if client.zero_copy else mode
+
+
 def live_regions() -> list[Region]:
     """Regions whose arrays are still alive (a forked child maps these again)."""
     return list(_live)
@@ -46,7 +53,7 @@ class Region:
             # A forked child must never see this range unregistered (it would read zeros, and with
             # a memfd put zero pages into the shared page cache): make the child not inherit it.
             uffd.madvise(self.address, self.length, uffd.MADV_DONTFORK)
-            uffd.register(client.uffd, self.address, self.length, uffd.UFFDIO_REGISTER_MODE_MISSING)
+            uffd.register(client.uffd, self.address, self.length, _register_mode(client))
         except BaseException:
             self._unmap()
             raise
@@ -62,7 +69,7 @@ class Region:
         uffd.map_shared(self.memfd, self.length, prot=uffd.PROT_READ, address=self.address)
         self.pid = os.getpid()  # from here on the mapping is this process's to undo
         uffd.madvise(self.address, self.length, uffd.MADV_DONTFORK)
-        uffd.register(client.uffd, self.address, self.length, uffd.UFFDIO_REGISTER_MODE_MISSING)
+        uffd.register(client.uffd, self.address, self.length, _register_mode(client))
         self.client = client
 
     def forget_in_child(self) -> None:
@@ -74,7 +81,7 @@ class Region:
         self.address = 0
 
     def announce(self, *, reader: Any, data_offset: int, chunk_size: int, url: str, readahead: int,
-                 max_resident: int | None) -> None:
+                 max_resident: int | None, max_in_flight: int | None = None) -> None:
         """Tell the monitor how to fill this region; faults can be served once this returns."""
         self.client.request(
             "register",
@@ -90,6 +97,8 @@ class Region:
             url=url,
             readahead=readahead,
             max_resident=max_resident,
+            max_in_flight=max_in_flight,
+            zero_copy=self.client.zero_copy,
         )
 
     def buffer(self) -> memoryview:

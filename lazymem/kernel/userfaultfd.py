@@ -76,6 +76,7 @@ PROT_NONE, PROT_READ, PROT_WRITE = 0, 1, 2
 MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS = 0x01, 0x02, 0x20
 MAP_FIXED, MAP_NORESERVE, MAP_FIXED_NOREPLACE = 0x10, 0x4000, 0x100000
 MADV_DONTFORK = 10
+MADV_POPULATE_WRITE = 23  # Linux 5.14: fault a range in, writable, in one call
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 MAP_FAILED = ctypes.c_void_p(-1).value
 
@@ -331,6 +332,36 @@ def zeropage(fd: int, start: int, length: int, *, wake_waiters: bool = True) -> 
         raise OSError(err, os.strerror(err))
     if skipped and wake_waiters:
         wake(fd, start, length)
+
+
+def continue_range(fd: int, start: int, length: int, *, wake_waiters: bool = True) -> int:
+    """``UFFDIO_CONTINUE``: map page-cache pages of a MINOR-registered range without copying.
+
+    Pages already mapped are skipped (EEXIST) as in :func:`copy`; returns bytes newly mapped.
+    """
+    mode = 0 if wake_waiters else UFFDIO_CONTINUE_MODE_DONTWAKE
+    done = mapped = 0
+    skipped = False
+    arg = uffdio_continue()
+    while done < length:
+        arg.range.start, arg.range.len, arg.mode, arg.mapped = start + done, length - done, mode, 0
+        rc = _libc.ioctl(fd, UFFDIO_CONTINUE, ctypes.byref(arg))
+        err = ctypes.get_errno() if rc == -1 else 0
+        progressed = arg.mapped if arg.mapped > 0 else 0
+        done += progressed
+        mapped += progressed
+        if rc == 0:
+            break
+        if err in (errno.EAGAIN, errno.EINTR):
+            continue
+        if err == errno.EEXIST:
+            done += PAGE_SIZE
+            skipped = True
+            continue
+        raise OSError(err, os.strerror(err))
+    if skipped and wake_waiters:
+        wake(fd, start, length)
+    return mapped
 
 
 def poison(fd: int, start: int, length: int) -> None:

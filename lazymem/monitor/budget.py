@@ -18,6 +18,7 @@ class ResidentSet:
         self.budget = budget
         self.chunk_size = chunk_size
         self._order: OrderedDict[int, int] = OrderedDict()  # chunk -> resident bytes, oldest first
+        self.in_flight = 0  # bytes being installed right now (resident soon)
 
     @property
     def resident(self) -> int:

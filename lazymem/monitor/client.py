@@ -18,7 +18,8 @@ from ..errors import MonitorError
 from ..kernel import userfaultfd as uffd
 from . import protocol
 
-_FEATURES = uffd.UFFD_FEATURE_MISSING_SHMEM | uffd.UFFD_FEATURE_THREAD_ID | uffd.UFFD_FEATURE_POISON
+_FEATURES = (uffd.UFFD_FEATURE_MISSING_SHMEM | uffd.UFFD_FEATURE_MINOR_SHMEM | uffd.UFFD_FEATURE_THREAD_ID
+             | uffd.UFFD_FEATURE_POISON)
 
 
 class MonitorClient:
@@ -46,6 +47,9 @@ class MonitorClient:
             os.close(self.uffd)
             raise
         self.features = offered
+        # Zero-copy installs need MINOR faults on shared memory (Linux >= 5.13).
+        self.zero_copy = bool(offered & uffd.UFFD_FEATURE_MINOR_SHMEM) and os.environ.get(
+            "LAZYMEM_ZERO_COPY", "1") != "0"
 
     @classmethod
     def for_forked_child(cls, parent: MonitorClient, regions: list[Any]) -> MonitorClient:
