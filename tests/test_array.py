@@ -236,3 +236,11 @@ def test_files_written_by_pyzstd_open_lazily(tmp_path: Path) -> None:
     a = lazymem.open(str(path), chunk_bytes=4 * PAGE)
     assert np.array_equal(a[::7], src[::7])
     assert np.array_equal(a, src)
+
+
+def test_uncompressed_npy_local_is_a_kernel_memmap_and_remote_style_lazy(tmp_path: Path) -> None:
+    src = np.random.default_rng(4).standard_normal((500, 300))
+    np.save(tmp_path / "plain.npy", src)
+    a = lazymem.open(str(tmp_path / "plain.npy"))
+    assert isinstance(a, np.memmap) and not a.flags.writeable and np.array_equal(a, src)
+    assert np.array_equal(lazymem.load(str(tmp_path / "plain.npy")), src)

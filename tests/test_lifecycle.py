@@ -42,7 +42,7 @@ def test_opening_and_dropping_1000_arrays_leaks_nothing(field) -> None:
 
 def test_many_arrays_open_at_once(field) -> None:
     path, src = field
-    arrays = [lazymem.open(path, readahead=0) for _ in range(200)]
+    arrays = [lazymem.open(path, readahead=0) for _ in range(1000)]
     for i, a in enumerate(arrays):
         assert a[i, i] == src[i, i]
     del arrays

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import MonitorError
 from ..kernel import userfaultfd as uffd
+from ..kernel.limits import raise_open_file_limit
 from . import protocol
 
 _FEATURES = (uffd.UFFD_FEATURE_MISSING_SHMEM | uffd.UFFD_FEATURE_MINOR_SHMEM | uffd.UFFD_FEATURE_THREAD_ID
@@ -26,6 +27,7 @@ class MonitorClient:
     """A running monitor process serving this process's userfaultfd."""
 
     def __init__(self, workers: int | None = None) -> None:
+        raise_open_file_limit()
         self._new_userfaultfd()
         try:
             self._start(workers)

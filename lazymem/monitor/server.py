@@ -32,6 +32,7 @@ from typing import Any
 
 from ..errors import MonitorError
 from ..kernel import userfaultfd as uffd
+from ..kernel.limits import raise_open_file_limit
 from . import protocol
 from .budget import ResidentSet
 from .buffers import BufferPool
@@ -731,6 +732,7 @@ def main(argv: list[str] | None = None) -> None:
     workers = int(argv[1]) if len(argv) > 1 else max(4, 2 * (os.cpu_count() or 1))
     # Ctrl-C in the app's terminal must not kill the monitor under a thread blocked in a fault.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise_open_file_limit()
     os._exit(supervise(control, workers))
 
 
