@@ -21,6 +21,7 @@ from .errors import (
     SeekTableError,
     TruncatedFileError,
     UnsupportedDtypeError,
+    UnsupportedStorageError,
     UserfaultfdUnavailableError,
 )
 from .writer import save
@@ -41,6 +42,7 @@ __all__ = [
     "Stats",
     "TruncatedFileError",
     "UnsupportedDtypeError",
+    "UnsupportedStorageError",
     "UserfaultfdUnavailableError",
     "load",
     "open",

@@ -19,6 +19,7 @@ from .kernel.userfaultfd import PAGE_SIZE, round_up
 from .monitor.client import get_client
 from .region import Region
 from .sources import open_source
+from .sources.remote import check_shareable
 
 DEFAULT_CHUNK_BYTES = 4 * 2**20
 MAX_CHUNK_BYTES = 64 * 2**20
@@ -254,6 +255,7 @@ def open(
     chunk_bytes: int | None = None,
     readahead: int = DEFAULT_READAHEAD,
     max_resident: int | str | None = None,
+    max_in_flight: int | None = None,
 ) -> LazyArray:
     """Open a compressed array lazily.
 
@@ -274,14 +276,29 @@ def open(
         the least recently loaded chunks are evicted and load again when touched. Default:
         :func:`lazymem.set_max_resident`, else ``$LAZYMEM_MAX_RESIDENT``, else half the memory
         available at open time.
+    max_in_flight : int, optional
+        Most chunk loads of this array waiting on storage at once (requests in flight, each
+        decompressed as it arrives). Default: 16 on network filesystems (S3, HTTP...), the
+        monitor's worker count for local files. On S3 the connection pool bounds it too
+        (botocore's ``max_pool_connections``, 10 by default): for more, pass
+        ``storage_options={"config_kwargs": {"max_pool_connections": 32}}``.
 
     Returns
     -------
     LazyArray
-        A read-only ndarray; only the header and the seek table have been read.
+        A read-only ndarray; only the header and the seek table have been read. An uncompressed
+        local ``.npy`` file is opened with ``np.load(mmap_mode="r")`` instead (a ``numpy.memmap``):
+        the kernel's own mmap is the better tool there. Remote ``.npy`` files load lazily by range.
     """
     reader = open_source(url, storage_options)
+    check_shareable(reader.fs, url)  # memory:// lives in this process: the monitor cannot read it
+    if max_in_flight is not None and (isinstance(max_in_flight, bool) or int(max_in_flight) < 1):
+        raise ValueError(f"max_in_flight must be a positive int (got {max_in_flight!r})")
     header = reader.header
+    if reader.format_name == "npy" and _is_local(reader.fs) and header.nbytes:
+        # An uncompressed local .npy: the kernel's own page cache and mmap beat anything we could
+        # do (no fault round trips, readahead for free). Same read-only ndarray contract.
+        return np.load(reader.path, mmap_mode="r")  # type: ignore[no-any-return]
     if header.nbytes == 0:
         empty = np.ndarray.__new__(LazyArray, header.shape, header.dtype,
                                    order="F" if header.fortran_order else "C")
@@ -294,7 +311,7 @@ def open(
     try:
         region.announce(reader=reader, data_offset=header.data_offset, chunk_size=chunk_size,
                         url=url, readahead=readahead,
-                        max_resident=budget if budget < header.nbytes else None)
+                        max_resident=budget if budget < header.nbytes else None, max_in_flight=max_in_flight)
         buffer = region.buffer()
     except BaseException:
         region.release()
@@ -306,8 +323,15 @@ def open(
         LazyArray, header.shape, header.dtype, buffer=flat, order="F" if header.fortran_order else "C"
     )
     arr._lazy = _Handle(region, url, chunk_size, region.address, storage_options,
-                        {"chunk_bytes": chunk_bytes, "readahead": readahead, "max_resident": max_resident})
+                        {"chunk_bytes": chunk_bytes, "readahead": readahead, "max_resident": max_resident,
+                         "max_in_flight": max_in_flight})
     return arr
+
+
+def _is_local(fs: Any) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
 
 
 def stats(arr: np.ndarray) -> Stats:

@@ -3,20 +3,25 @@
 The output is one ``np.empty`` array; frames that lie wholly inside the data decompress straight
 into their slice of it (no temporary, no copy), on a thread pool (python-zstandard releases the
 GIL). The compressed bytes come in large coalesced requests, fetched by the calling thread while
-the pool decompresses the previous batch.
+the pool decompresses the previous batch; local files are mapped instead of read (no copy, see
+:mod:`lazymem.sources.local_batches`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
+from fsspec.implementations.local import LocalFileSystem
 
 from lazymem.sources import open_source
-from lazymem.sources.frames import FramedSource, storage_errors
+from lazymem.sources.frames import FramedSource, byte_view
+from lazymem.sources.local_batches import local_batches
+from lazymem.sources.npy_header import NpyHeader
 
 __all__ = ["load", "read_array"]
 
@@ -42,45 +47,6 @@ def _batches(source: FramedSource, indices: Sequence[int], batch_bytes: int) -> 
     return batches
 
 
-class _LocalBatchReader:
-    """Reads batches of a local file with ``pread`` into two reused buffers.
-
-    Saves what ``cat_file`` costs on a page-cache-hot file: a fresh ``bytes`` per batch, whose first
-    touch page-faults (measured: a sizeable share of a whole eager load).
-    """
-
-    def __init__(self, source: FramedSource, capacity: int) -> None:
-        self._source = source
-        self._fd = os.open(source.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        self._buffers = [np.empty(capacity, dtype=np.uint8) for _ in range(2)]
-        self._turn = 0
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-    def fetch(self, batch: Sequence[int]) -> list[memoryview]:
-        table = self._source.table
-        start = int(table.compressed_offsets[batch[0]])
-        end = int(table.compressed_offsets[batch[-1]] + table.compressed_sizes[batch[-1]])
-        buffer = self._buffers[self._turn]
-        self._turn ^= 1
-        if len(buffer) < end - start:
-            buffer = self._buffers[self._turn ^ 1] = np.empty(end - start, dtype=np.uint8)
-        view = memoryview(buffer)[: end - start]
-        done = 0
-        with storage_errors(self._source.path):
-            while done < len(view):
-                count = os.preadv(self._fd, [view[done:]], start + done)
-                if count == 0:
-                    break
-                done += count
-        self._source._check_length(view[:done], start, end)  # type: ignore[arg-type]
-        return [
-            view[int(table.compressed_offsets[i]) - start : int(table.compressed_offsets[i] + table.compressed_sizes[i]) - start]
-            for i in batch
-        ]
-
-
 def _decode(source: FramedSource, index: int, blob: memoryview, data_start: int, out: memoryview) -> None:
     offset = int(source.table.decompressed_offsets[index]) - data_start
     size = int(source.table.decompressed_sizes[index])
@@ -91,8 +57,19 @@ def _decode(source: FramedSource, index: int, blob: memoryview, data_start: int,
         source._decode_overlap(index, blob, data_start, out)
 
 
-def read_array(source: FramedSource, *, threads: int | None = None) -> np.ndarray:
-    """Read the whole array of an open source into a new ndarray.
+def _check_out(out: np.ndarray, header: NpyHeader) -> None:
+    if not isinstance(out, np.ndarray) or out.dtype != header.dtype or out.shape != header.shape:
+        raise ValueError(
+            f"out must be an ndarray of shape {header.shape} and dtype {header.dtype}, "
+            f"got {type(out).__name__} {getattr(out, 'shape', None)} {getattr(out, 'dtype', None)}"
+        )
+    contiguous = out.flags.f_contiguous if header.fortran_order else out.flags.c_contiguous
+    if not contiguous or not out.flags.writeable:
+        raise ValueError(f"out must be writeable and {header.order}-contiguous, like the stored array")
+
+
+def read_array(source: FramedSource, *, threads: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Read the whole array of an open source into a new ndarray (or into ``out``).
 
     Parameters
     ----------
@@ -100,49 +77,72 @@ def read_array(source: FramedSource, *, threads: int | None = None) -> np.ndarra
         From :func:`lazymem.sources.open_source`.
     threads : int, optional
         Decompression threads (default: one per CPU).
+    out : numpy.ndarray, optional
+        Destination with the stored shape, dtype and order (saves allocating and first-touching
+        fresh memory when loading repeatedly).
 
     Returns
     -------
     numpy.ndarray
-        A fresh array with the header's dtype, shape and order.
+        ``out``, or a fresh array with the header's dtype, shape and order.
     """
     header = source.header
-    out = np.empty(header.shape, dtype=header.dtype, order=header.order)
+    if out is None:
+        out = np.empty(header.shape, dtype=header.dtype, order=header.order)
+    else:
+        _check_out(out, header)
     if header.nbytes == 0:
         return out
     # As 1-D in memory order any contiguous array views as bytes (memoryview() refuses datetime64).
-    target = memoryview(out.reshape(-1, order="A").view(np.uint8))
+    target = byte_view(out.reshape(-1, order="A").view(np.uint8))
     data_start = header.data_offset
     sizes = source.table.decompressed_sizes
     indices = [i for i in source.table.frames_for(data_start, data_start + header.nbytes) if sizes[i] > 0]
     threads = max(1, min(threads or os.cpu_count() or 1, len(indices)))
-    is_async = bool(getattr(source.fs, "async_impl", False))
-    max_run = ASYNC_REQUEST_BYTES if is_async else None
+    batches = _batches(source, indices, BATCH_BYTES)
+    local = local_batches(source) if isinstance(source.fs, LocalFileSystem) else None
+    try:
+        # On async filesystems (S3, HTTP) the requests of a batch run concurrently.
+        max_run = ASYNC_REQUEST_BYTES if getattr(source.fs, "async_impl", False) else None
+        fetch: Callable[[Sequence[int]], list[memoryview]] = (
+            local if local is not None else partial(source.fetch_views, max_gap=1 << 16, max_run_bytes=max_run)
+        )
+        if threads == 1:
+            for batch in batches:
+                for index, blob in zip(batch, fetch(batch)):
+                    _decode(source, index, blob, data_start, target)
+        else:
+            _decode_on_pool(source, batches, fetch, data_start, target, threads)
+    finally:
+        if local is not None:
+            local.close()
+    return out
 
-    if threads == 1:
-        for batch in _batches(source, indices, BATCH_BYTES):
-            for index, blob in zip(batch, source.fetch_views(batch, max_gap=1 << 16, max_run_bytes=max_run)):
-                _decode(source, index, blob, data_start, target)
-        return out
 
+def _decode_on_pool(
+    source: FramedSource,
+    batches: list[list[int]],
+    fetch: Callable[[Sequence[int]], list[memoryview]],
+    data_start: int,
+    target: memoryview,
+    threads: int,
+) -> None:
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lazymem-load") as pool:
         previous: list[Future[Any]] = []
         try:
-            for batch in _batches(source, indices, BATCH_BYTES):
+            for batch in batches:
                 # Fetch this batch while the pool still decodes the previous one.
-                blobs = source.fetch_views(batch, max_gap=1 << 16, max_run_bytes=max_run)
+                blobs = fetch(batch)
                 for future in previous:
                     future.result()
                 previous = [
-                    pool.submit(_decode, source, index, blob, data_start, target)
-                    for index, blob in zip(batch, blobs)
+                    pool.submit(_decode, source, index, blob, data_start, target) for index, blob in zip(batch, blobs)
                 ]
             for future in previous:
                 future.result()
         finally:
             for future in previous:
                 future.cancel()
-    return out
 
 
 def load(url: str, *, storage_options: dict[str, Any] | None = None, threads: int | None = None) -> np.ndarray:

@@ -54,3 +54,7 @@ class MonitorError(LazymemError, RuntimeError):
 
 class ClosedArrayError(LazymemError, ValueError):
     """The array was closed; its memory is gone."""
+
+
+class UnsupportedStorageError(LazymemError, ValueError):
+    """The storage cannot serve a lazily loaded array (``memory://`` exists in this process alone)."""

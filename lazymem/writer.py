@@ -155,9 +155,7 @@ def _compress(data: Any, level: int) -> bytes:
         compressors = _local.compressors = {}
     cctx = compressors.get(level)
     if cctx is None:
-        cctx = compressors[level] = zstandard.ZstdCompressor(
-            level=level, write_checksum=True, write_content_size=True
-        )
+        cctx = compressors[level] = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
     return cctx.compress(data)
 
 
@@ -282,9 +280,7 @@ def save(
     """
     array = np.asanyarray(array)
     if array.dtype.hasobject:
-        raise UnsupportedDtypeError(
-            f"cannot save dtype {array.dtype!r}: it holds Python objects (pointers), not data"
-        )
+        raise UnsupportedDtypeError(f"cannot save dtype {array.dtype!r}: it holds Python objects (pointers), not data")
     chunk_bytes = _check_chunk_bytes(chunk_bytes)
     data = array.view(np.ndarray)  # subclasses (matrix, masked) are saved as their data, like np.save
     n_frames = 1 + -(-data.nbytes // chunk_bytes)
@@ -305,4 +301,3 @@ def save(
         sizes = _write_frames(out, header, _data_chunks(data, fortran_order, chunk_bytes), level, threads)
         with storage_errors(path, "writing"):
             out.write(seek_table_bytes(np.array(sizes[0]), np.array(sizes[1])))
-

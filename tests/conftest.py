@@ -64,3 +64,51 @@ def assert_same_array(got: np.ndarray, want: np.ndarray) -> None:
     assert np.asarray(got).tobytes(order="A") == np.asarray(want).tobytes(order="A") or (
         np.asarray(got).tobytes() == np.asarray(want).tobytes()
     )
+
+
+# -- remote storage: real servers in their own processes, on loopback, port 0 (tests/remote.py) ---------
+
+
+@pytest.fixture(scope="session")
+def _http_server_process(tmp_path_factory: pytest.TempPathFactory):
+    from .remote import ServerProcess
+
+    root = tmp_path_factory.mktemp("http-root")
+    with ServerProcess("http", str(root)) as server:
+        server.root = root  # type: ignore[attr-defined]
+        yield server
+
+
+@pytest.fixture
+def http_store(_http_server_process, request: pytest.FixtureRequest):
+    """The session's HTTP Range server, knobs and counters reset, and a fresh directory it serves."""
+    from .remote import HttpStore
+
+    server = _http_server_process
+    directory = server.root / f"t{len(list(server.root.iterdir()))}-{request.node.name[:40]}"
+    directory.mkdir()
+    server.reset()
+    try:
+        yield HttpStore(server, directory, f"{server.url}/{directory.name}")
+    finally:
+        server.reset()
+
+
+@pytest.fixture(scope="session")
+def _s3_server_process():
+    from .remote import S3Server
+
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_store(_s3_server_process):
+    """The session's moto S3 server (through its proxy), emptied, with an empty bucket ``test``."""
+    server = _s3_server_process
+    server.reset()
+    server.make_bucket("test")
+    try:
+        yield server
+    finally:
+        server.reset()

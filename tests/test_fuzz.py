@@ -42,6 +42,8 @@ def _mutate(data: bytes, ops: list[tuple[str, int, int]], seed: int) -> bytes:
     rng = np.random.default_rng(seed)
     out = bytearray(data)
     for kind, position, length in ops:
+        if not out and kind != "extend":
+            continue
         position %= max(len(out), 1)
         if kind == "flip":
             out[position] ^= 1 << int(rng.integers(0, 8))

@@ -14,6 +14,7 @@ from lazymem.errors import FormatError
 from .frames import FramedSource, FrameTable, storage_errors
 from .npy_header import MAGIC_PREFIX, NpyHeader, npy_header_bytes, parse_npy_header
 from .raw_npy import RawNpyReader
+from .remote import size_and_tail
 from .seekable_zstd import (
     FOOTER_SIZE,
     SEEKABLE_MAGIC,
@@ -36,6 +37,7 @@ __all__ = [
     "parse_npy_header",
     "parse_seek_table",
 ]
+
 
 def _describe_start(head: bytes) -> str:
     """Name what the first bytes of an unreadable object look like, for the error message."""
@@ -80,7 +82,8 @@ def open_source(url: str, storage_options: dict[str, Any] | None = None) -> Fram
     """
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     with storage_errors(path):
-        size = fs.size(path)
+        # HTTP and S3: one suffix-range GET gives the size and the tail (no HEAD first).
+        size, tail = size_and_tail(fs, path, TAIL_READ)
     if size is None:
         raise FormatError(f"{path}: storage does not report the object's size")
     if size == 0:
@@ -88,7 +91,8 @@ def open_source(url: str, storage_options: dict[str, Any] | None = None) -> Fram
     probe = SeekableZstdReader.__new__(SeekableZstdReader)
     probe.fs, probe.path, probe.size = fs, path, size
     # The tail is needed anyway for a seekable file, and tells it apart in the same request.
-    tail = probe._cat(size - min(size, TAIL_READ), size)
+    if tail is None:
+        tail = probe._cat(size - min(size, TAIL_READ), size)
     if len(tail) >= FOOTER_SIZE and int.from_bytes(tail[-4:], "little") == SEEKABLE_MAGIC:
         return SeekableZstdReader.open(fs, path, size, tail=tail)
     head = tail[:16] if len(tail) == size else probe._cat(0, min(size, 16))

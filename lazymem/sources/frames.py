@@ -20,6 +20,7 @@ import numpy as np
 from lazymem.errors import ArrayNotFoundError, FetchError, LazymemError, TruncatedFileError
 
 from .npy_header import NpyHeader
+from .retry import cat_ranges_with_retries, with_retries
 
 __all__ = ["FrameTable", "FramedSource", "byte_view", "storage_errors"]
 
@@ -87,6 +88,17 @@ class FrameTable:
     def __len__(self) -> int:
         return len(self.compressed_sizes)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle the sizes alone, as u32 when they fit (always, for seekable zstd): 8 bytes per frame
+        # instead of 32. The offsets are two cumsums away; the monitor receives this table pickled.
+        def packed(sizes: np.ndarray) -> np.ndarray:
+            return sizes.astype(np.uint32) if not len(sizes) or sizes.max() <= 0xFFFFFFFF else sizes
+
+        return (
+            type(self).from_sizes,
+            (packed(self.compressed_sizes), packed(self.decompressed_sizes), self.checksums),
+        )
+
     @property
     def n_frames(self) -> int:
         """Number of frames, including empty ones."""
@@ -146,9 +158,15 @@ def byte_view(buffer: Any) -> memoryview:
 
 
 def _client_errors() -> tuple[type[BaseException], ...]:
-    # aiohttp's response errors are not OSErrors; only look if the HTTP backend already imported it.
+    # aiohttp's and botocore's errors are not OSErrors; only look if a backend already imported them.
+    types: list[type[BaseException]] = [OSError]
     aiohttp = sys.modules.get("aiohttp")
-    return (OSError, aiohttp.ClientError) if aiohttp is not None else (OSError,)
+    if aiohttp is not None:
+        types.append(aiohttp.ClientError)
+    botocore = sys.modules.get("botocore.exceptions")
+    if botocore is not None:
+        types += [botocore.BotoCoreError, botocore.ClientError]
+    return tuple(types)
 
 
 @contextmanager
@@ -227,9 +245,9 @@ class FramedSource:
     # -- fetching -------------------------------------------------------------------------------
 
     def _cat(self, start: int, end: int) -> bytes:
-        """Stored bytes ``[start, end)``, exactly, in one request."""
+        """Stored bytes ``[start, end)``, exactly, in one request (sent again on transient errors)."""
         with storage_errors(self.path):
-            data = self.fs.cat_file(self.path, start=start, end=end)
+            data = with_retries(self.fs.cat_file, self.path, start=start, end=end)
         self._check_length(data, start, end)
         return data
 
@@ -241,17 +259,11 @@ class FramedSource:
             )
 
     def _cat_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        """Several ranges; async filesystems fetch them concurrently."""
+        """Several ranges; async filesystems fetch them concurrently (failed ones again, alone)."""
         if len(ranges) == 1:
             return [self._cat(*ranges[0])]
-        starts = [r[0] for r in ranges]
-        ends = [r[1] for r in ranges]
         with storage_errors(self.path):
-            results = self.fs.cat_ranges([self.path] * len(ranges), starts, ends)
-            # cat_ranges returns exceptions in place of data (on_error="return" is its default).
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+            results = cat_ranges_with_retries(self.fs, self.path, ranges)
         for data, (start, end) in zip(results, ranges):
             self._check_length(data, start, end)
         return results

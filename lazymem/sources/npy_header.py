@@ -14,7 +14,7 @@ import io
 import math
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.lib import format as _npformat
@@ -79,7 +79,7 @@ class NpyHeader:
         return math.prod(self.shape)
 
     @property
-    def order(self) -> str:
+    def order(self) -> Literal["C", "F"]:
         """``"F"`` or ``"C"``, for ``np.empty(..., order=...)``."""
         return "F" if self.fortran_order else "C"
 
@@ -128,9 +128,7 @@ def npy_header_length(prefix: bytes) -> int:
         raise TruncatedFileError(f".npy stream ends after {len(prefix)} bytes, inside its header length field")
     (header_len,) = struct.unpack_from(fmt, prefix, len(MAGIC_PREFIX) + 2)
     if header_len > MAX_HEADER_LEN:
-        raise HeaderError(
-            f".npy header claims {header_len} bytes; more than {MAX_HEADER_LEN} is refused as absurd"
-        )
+        raise HeaderError(f".npy header claims {header_len} bytes; more than {MAX_HEADER_LEN} is refused as absurd")
     return start + header_len
 
 
@@ -157,10 +155,10 @@ def _check_shape(shape: object) -> tuple[int, ...]:
 
 
 def _check_dtype(descr: object) -> np.dtype:
-    if not isinstance(descr, (str, list)):
-        raise HeaderError(f".npy header 'descr' must be a str or a list, got {type(descr).__name__}")
+    if not isinstance(descr, (str, list, tuple)):
+        raise HeaderError(f".npy header 'descr' must be a str, list or tuple, got {type(descr).__name__}")
     try:
-        dtype = _npformat.descr_to_dtype(descr)
+        dtype = _npformat.descr_to_dtype(descr)  # type: ignore[arg-type]
     except Exception as exc:
         raise HeaderError(f".npy header 'descr' is not a valid dtype: {str(descr)[:200]!r} ({exc})") from exc
     if dtype.hasobject:
@@ -218,6 +216,13 @@ def parse_npy_header(prefix: bytes) -> NpyHeader:
     if not isinstance(fortran_order, bool):
         raise HeaderError(f".npy header 'fortran_order' must be a bool, got {fortran_order!r}")
     dtype = _check_dtype(fields["descr"])
+    if dtype.subdtype is not None:
+        # A top-level subarray dtype ("('<f4', (3,))"): numpy folds it into the shape, and so must we,
+        # or the header's shape would disagree with the array built from it. np.save never writes one.
+        if fortran_order:
+            raise HeaderError(f".npy header combines the subarray dtype {dtype} with Fortran order")
+        dtype, extra = dtype.subdtype
+        shape = _check_shape(shape + extra)
     header = NpyHeader(dtype=dtype, shape=shape, fortran_order=fortran_order, data_offset=data_offset)
     if header.nbytes > MAX_NBYTES:
         raise HeaderError(

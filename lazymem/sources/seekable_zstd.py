@@ -13,9 +13,11 @@ decompressed size against the table while decompressing (a frame never writes pa
 
 from __future__ import annotations
 
+import importlib
 import struct
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import numpy as np
 import zstandard
@@ -66,6 +68,7 @@ HEADER_PROBE = 1 << 16
 
 _FOOTER = struct.Struct("<IBI")
 _SKIPPABLE_HEADER = struct.Struct("<II")
+_U32 = struct.Struct("<I")
 
 
 def _footer_fields(footer: bytes) -> tuple[int, int]:
@@ -190,6 +193,23 @@ def parse_seek_table(tail: bytes, file_size: int) -> FrameTable:
     return FrameTable.from_sizes(compressed, decompressed, checksums)
 
 
+def _find_native_frame_size() -> Callable[[Any], int] | None:
+    # libzstd's ZSTD_findFrameCompressedSize, where a binding exposes it (the standard library from
+    # Python 3.14, or the backports.zstd package): ~4x faster than walking the blocks in Python.
+    for name in ("compression.zstd", "backports.zstd"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        function = getattr(module, "get_frame_size", None)
+        if function is not None:
+            return cast("Callable[[Any], int]", function)
+    return None
+
+
+_native_frame_size = _find_native_frame_size()
+
+
 def _frame_extent(frame: memoryview) -> tuple[int, int | None, bool]:
     """Walk a zstd frame's headers: (stored size, declared content size or None, is skippable).
 
@@ -204,7 +224,10 @@ def _frame_extent(frame: memoryview) -> tuple[int, int | None, bool]:
     if magic & SKIPPABLE_MAGIC_MASK == SKIPPABLE_MAGIC_BASE:
         if n < SKIPPABLE_HEADER_SIZE:
             raise ValueError("skippable frame cut inside its header")
-        return SKIPPABLE_HEADER_SIZE + int.from_bytes(frame[4:8], "little"), 0, True
+        stored = SKIPPABLE_HEADER_SIZE + int.from_bytes(frame[4:8], "little")
+        if stored > n:
+            raise ValueError(f"skippable frame cut short: it needs {stored} bytes, it has {n}")
+        return stored, 0, True
     if magic != ZSTD_MAGIC:
         raise ValueError(f"not a zstd frame (magic 0x{magic:08X})")
     if n < 5:
@@ -221,20 +244,33 @@ def _frame_extent(frame: memoryview) -> tuple[int, int | None, bool]:
     if fcs_size:
         content_size = int.from_bytes(frame[pos : pos + fcs_size], "little") + (256 if fcs_size == 2 else 0)
     pos += fcs_size
+    if _native_frame_size is not None:
+        try:
+            return _native_frame_size(frame), content_size, False
+        except Exception as exc:  # noqa: BLE001 - its ZstdError class depends on the module found
+            raise ValueError(f"zstd frame cut short or malformed ({exc})") from None
+    # The hot loop (level 3 splits 4 MiB of floats into ~600 blocks): unpack_from, no slicing.
+    unpack = _U32.unpack_from
     while True:
-        if pos + 3 > n:
+        if pos + 4 <= n:
+            block = unpack(frame, pos)[0] & 0xFFFFFF
+        elif pos + 3 <= n:
+            block = int.from_bytes(frame[pos : pos + 3], "little")
+        else:
             raise ValueError("zstd frame cut inside a block header")
-        block = int.from_bytes(frame[pos : pos + 3], "little")
         block_type = (block >> 1) & 3
-        if block_type == 3:
+        if block_type == 1:
+            pos += 4  # an RLE block stores one byte
+        elif block_type == 3:
             raise ValueError("zstd block of reserved type")
-        pos += 3 + (1 if block_type == 1 else block >> 3)  # an RLE block stores one byte
+        else:
+            pos += 3 + (block >> 3)
         if block & 1:
             break
     if descriptor & 0x04:
         pos += 4  # content checksum
     if pos > n:
-        raise ValueError("zstd frame cut short")
+        raise ValueError(f"zstd frame cut short: its blocks need {pos} bytes, it has {n}")
     return pos, content_size, False
 
 
@@ -256,9 +292,8 @@ def decode_frame_into(compressed: Any, out: memoryview) -> None:
     """
     frame = memoryview(compressed)
     stored, content_size, skippable = _frame_extent(frame)
-    if stored != len(frame):
-        what = "ends before" if stored > len(frame) else "is followed by garbage after"
-        raise ValueError(f"the frame {what} its {len(frame)} stored bytes (walked {stored})")
+    if stored < len(frame):
+        raise ValueError(f"the frame ends after {stored} bytes, followed by garbage up to {len(frame)}")
     expected = len(out)
     if skippable:
         if expected:
@@ -429,7 +464,9 @@ class SeekableZstdReader(FramedSource):
         read_size = min(int(self.table.compressed_sizes[index]), 1 << 18)
         try:
             reader = _decompressor().stream_reader(
-                _FrameRangeFile(self, index), read_size=read_size, read_across_frames=False
+                _FrameRangeFile(self, index),  # type: ignore[arg-type]  # anything with read() will do
+                read_size=read_size,
+                read_across_frames=False,
             )
             out = bytearray()
             while len(out) < length:
