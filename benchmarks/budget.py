@@ -69,7 +69,7 @@ def run(kind: str, path: str, budget: int) -> dict:
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:
         return {"seconds": None, "peak_bytes": None, "total": None,
-                "error": (out.stderr.strip().splitlines() or ["exit %d" % out.returncode])[-1]}
+                "error": (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
