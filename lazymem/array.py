@@ -24,6 +24,7 @@ from .sources.remote import check_shareable
 DEFAULT_CHUNK_BYTES = 4 * 2**20
 MAX_CHUNK_BYTES = 64 * 2**20
 DEFAULT_READAHEAD = 8  # chunks; the window grows up to this on sequential access
+REMOTE_READAHEAD = 16  # over a network each window ends with one fault that waits a round trip
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,7 @@ def open(
     *,
     storage_options: dict[str, Any] | None = None,
     chunk_bytes: int | None = None,
-    readahead: int = DEFAULT_READAHEAD,
+    readahead: int | None = None,
     max_resident: int | str | None = None,
     max_in_flight: int | None = None,
 ) -> LazyArray:
@@ -269,8 +270,9 @@ def open(
     chunk_bytes : int, optional
         Install unit, a multiple of the page size. Default: one frame for files written by
         :func:`lazymem.save`, else about the frames' size (at least 4 MiB).
-    readahead : int
-        Most chunks read ahead on sequential access (0 turns readahead off).
+    readahead : int, optional
+        Most chunks read ahead on sequential access (0 turns readahead off). Default: 8 for local
+        files, 16 over a network.
     max_resident : int or str, optional
         Most bytes of this array held in memory at once (``"2GiB"``, ``500_000_000``); past it
         the least recently loaded chunks are evicted and load again when touched. Default:
@@ -310,7 +312,7 @@ def open(
     region = Region(client, header.nbytes, name=f"lazymem:{url}")
     try:
         region.announce(reader=reader, data_offset=header.data_offset, chunk_size=chunk_size,
-                        url=url, readahead=readahead,
+                        url=url, readahead=_readahead(readahead, reader.fs),
                         max_resident=budget if budget < header.nbytes else None, max_in_flight=max_in_flight)
         buffer = region.buffer()
     except BaseException:
@@ -326,6 +328,14 @@ def open(
                         {"chunk_bytes": chunk_bytes, "readahead": readahead, "max_resident": max_resident,
                          "max_in_flight": max_in_flight})
     return arr
+
+
+def _readahead(requested: int | None, fs: Any) -> int:
+    if requested is not None:
+        if isinstance(requested, bool) or int(requested) < 0:
+            raise ValueError(f"readahead must be a non-negative int (got {requested!r})")
+        return int(requested)
+    return DEFAULT_READAHEAD if _is_local(fs) else REMOTE_READAHEAD
 
 
 def _is_local(fs: Any) -> bool:
