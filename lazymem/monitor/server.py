@@ -98,6 +98,7 @@ class ServedRegion:
     stats: RegionStats = field(default_factory=RegionStats)
     closed: bool = False
     last_fault: int = -2
+    ra_end: int = -2  # last chunk the current readahead window covers
     window: int = 0
     fetches: FetchSlots = field(default_factory=lambda: FetchSlots(None))  # max_in_flight
 
@@ -265,18 +266,27 @@ class Monitor:
             self._read_ahead(region, chunk)
 
     def _read_ahead(self, region: ServedRegion, chunk: int) -> None:
-        """Grow the window on sequential faults, drop it on random ones (region.lock held)."""
+        """Grow the window on sequential faults, drop it on random ones (region.lock held).
+
+        Sequential means the fault is on the chunk right after the previous fault, or right after
+        the last chunk read ahead (the reader went through the whole window, which faults no more).
+        A fault inside the window proves nothing (a sparse reader skipping chunks looks the same):
+        the window stays. Anything else is random access: no readahead, so a sparse reader fetches
+        little more than it touches.
+        """
         if region.readahead_max <= 0:
             return
-        if chunk == region.last_fault + 1 or (region.last_fault < chunk <= region.last_fault + region.window + 1):
+        if chunk in (region.last_fault + 1, region.ra_end + 1):
             region.window = min(max(2 * region.window, 2), region.readahead_max)
-        elif chunk != region.last_fault:
+        elif not region.last_fault < chunk <= region.ra_end:
             region.window = 0
         region.last_fault = chunk
-        for ahead in range(chunk + 1, min(chunk + 1 + region.window, region.nchunks)):
-            if region.state[ahead] in (ABSENT,):
+        end = min(chunk + 1 + region.window, region.nchunks)
+        for ahead in range(chunk + 1, end):
+            if region.state[ahead] == ABSENT:
                 region.stats.readahead_chunks += 1
                 self._enqueue(self._new_job(region, ahead, READAHEAD))
+        region.ra_end = max(chunk, end - 1) if region.window else chunk
 
     def _new_job(self, region: ServedRegion, chunk: int, priority: int) -> Job:
         job = Job(region, chunk, priority)
