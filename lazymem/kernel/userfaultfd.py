@@ -16,7 +16,7 @@ import errno
 import mmap
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 PAGE_SIZE = mmap.PAGESIZE
@@ -277,50 +277,26 @@ def wake(fd: int, start: int, length: int) -> None:
     _ioctl(fd, UFFDIO_WAKE, uffdio_range(start, length))
 
 
-def copy(fd: int, dst: int, src: int, length: int, *, wake_waiters: bool = True) -> int:
-    """``UFFDIO_COPY`` the whole range, finishing partial copies; return bytes newly installed.
+def _fill(fd: int, request: int, arg: ctypes.Structure, result: str, start: int, length: int,
+          aim: Callable[[int], None], *, wake_waiters: bool) -> int:
+    """Run a range-filling ioctl (COPY, ZEROPAGE, CONTINUE, POISON) over the whole range.
 
-    EAGAIN (partial progress) is retried from where the kernel stopped. EEXIST (a page of the range
-    is already present, e.g. installed through another mapping of the same memfd) skips that page.
-    Any skipped page means the kernel may not have woken its waiters, so the range is woken at the
-    end.
+    ``aim(done)`` points ``arg`` at the rest of the range. EAGAIN (partial progress; the ``result``
+    field says how much) and EINTR are retried from where the kernel stopped. EEXIST (a page of the
+    range is already present, e.g. installed through another mapping of the same memfd) skips that
+    page; since the kernel may then not have woken its waiters, the range is woken at the end.
+    Returns the bytes newly filled.
     """
-    mode = 0 if wake_waiters else UFFDIO_COPY_MODE_DONTWAKE
-    done = installed = 0
+    done = filled = 0
     skipped = False
-    arg = uffdio_copy()
     while done < length:
-        arg.dst, arg.src, arg.len, arg.mode, arg.copy = dst + done, src + done, length - done, mode, 0
-        rc = _libc.ioctl(fd, UFFDIO_COPY, ctypes.byref(arg))
+        aim(done)
+        setattr(arg, result, 0)
+        rc = _libc.ioctl(fd, request, ctypes.byref(arg))
         err = ctypes.get_errno() if rc == -1 else 0
-        progressed = max(0, arg.copy)
+        progressed = max(int(getattr(arg, result)), 0)
         done += progressed
-        installed += progressed
-        if rc == 0:
-            break
-        if err in (errno.EAGAIN, errno.EINTR):
-            continue
-        if err == errno.EEXIST:
-            done += PAGE_SIZE
-            skipped = True
-            continue
-        raise OSError(err, os.strerror(err))
-    if skipped and wake_waiters:
-        wake(fd, dst, length)
-    return installed
-
-
-def zeropage(fd: int, start: int, length: int, *, wake_waiters: bool = True) -> None:
-    """Install zero pages over the range (EEXIST pages skipped as in :func:`copy`)."""
-    mode = 0 if wake_waiters else UFFDIO_ZEROPAGE_MODE_DONTWAKE
-    done = 0
-    skipped = False
-    arg = uffdio_zeropage()
-    while done < length:
-        arg.range.start, arg.range.len, arg.mode, arg.zeropage = start + done, length - done, mode, 0
-        rc = _libc.ioctl(fd, UFFDIO_ZEROPAGE, ctypes.byref(arg))
-        err = ctypes.get_errno() if rc == -1 else 0
-        done += max(0, arg.zeropage)
+        filled += progressed
         if rc == 0:
             break
         if err in (errno.EAGAIN, errno.EINTR):
@@ -332,55 +308,46 @@ def zeropage(fd: int, start: int, length: int, *, wake_waiters: bool = True) -> 
         raise OSError(err, os.strerror(err))
     if skipped and wake_waiters:
         wake(fd, start, length)
+    return filled
+
+
+def _aim_range(arg: ctypes.Structure, start: int, length: int, mode: int) -> Callable[[int], None]:
+    def aim(done: int) -> None:
+        arg.range.start, arg.range.len, arg.mode = start + done, length - done, mode
+
+    return aim
+
+
+def copy(fd: int, dst: int, src: int, length: int, *, wake_waiters: bool = True) -> int:
+    """``UFFDIO_COPY`` ``length`` bytes from ``src`` (ours) to ``dst`` (the registered range)."""
+    arg = uffdio_copy()
+    mode = 0 if wake_waiters else UFFDIO_COPY_MODE_DONTWAKE
+
+    def aim(done: int) -> None:
+        arg.dst, arg.src, arg.len, arg.mode = dst + done, src + done, length - done, mode
+
+    return _fill(fd, UFFDIO_COPY, arg, "copy", dst, length, aim, wake_waiters=wake_waiters)
+
+
+def zeropage(fd: int, start: int, length: int, *, wake_waiters: bool = True) -> int:
+    """Install zero pages over the range."""
+    arg = uffdio_zeropage()
+    aim = _aim_range(arg, start, length, 0 if wake_waiters else UFFDIO_ZEROPAGE_MODE_DONTWAKE)
+    return _fill(fd, UFFDIO_ZEROPAGE, arg, "zeropage", start, length, aim, wake_waiters=wake_waiters)
 
 
 def continue_range(fd: int, start: int, length: int, *, wake_waiters: bool = True) -> int:
-    """``UFFDIO_CONTINUE``: map page-cache pages of a MINOR-registered range without copying.
-
-    Pages already mapped are skipped (EEXIST) as in :func:`copy`; returns bytes newly mapped.
-    """
-    mode = 0 if wake_waiters else UFFDIO_CONTINUE_MODE_DONTWAKE
-    done = mapped = 0
-    skipped = False
+    """``UFFDIO_CONTINUE``: map page-cache pages of a MINOR-registered range without copying."""
     arg = uffdio_continue()
-    while done < length:
-        arg.range.start, arg.range.len, arg.mode, arg.mapped = start + done, length - done, mode, 0
-        rc = _libc.ioctl(fd, UFFDIO_CONTINUE, ctypes.byref(arg))
-        err = ctypes.get_errno() if rc == -1 else 0
-        progressed = arg.mapped if arg.mapped > 0 else 0
-        done += progressed
-        mapped += progressed
-        if rc == 0:
-            break
-        if err in (errno.EAGAIN, errno.EINTR):
-            continue
-        if err == errno.EEXIST:
-            done += PAGE_SIZE
-            skipped = True
-            continue
-        raise OSError(err, os.strerror(err))
-    if skipped and wake_waiters:
-        wake(fd, start, length)
-    return mapped
+    aim = _aim_range(arg, start, length, 0 if wake_waiters else UFFDIO_CONTINUE_MODE_DONTWAKE)
+    return _fill(fd, UFFDIO_CONTINUE, arg, "mapped", start, length, aim, wake_waiters=wake_waiters)
 
 
 def poison(fd: int, start: int, length: int) -> None:
-    """Make reads of the range raise SIGBUS (pages already present are left alone)."""
-    done = 0
+    """Make reads of the range raise SIGBUS (pages already present are left alone), then wake."""
     arg = uffdio_poison()
-    while done < length:
-        arg.range.start, arg.range.len, arg.mode, arg.updated = start + done, length - done, 0, 0
-        rc = _libc.ioctl(fd, UFFDIO_POISON, ctypes.byref(arg))
-        err = ctypes.get_errno() if rc == -1 else 0
-        done += max(0, arg.updated)
-        if rc == 0:
-            break
-        if err in (errno.EAGAIN, errno.EINTR):
-            continue
-        if err == errno.EEXIST:
-            done += PAGE_SIZE
-            continue
-        raise OSError(err, os.strerror(err))
+    _fill(fd, UFFDIO_POISON, arg, "updated", start, length, _aim_range(arg, start, length, 0),
+          wake_waiters=False)
     wake(fd, start, length)
 
 
