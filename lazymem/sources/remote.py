@@ -89,7 +89,7 @@ def size_and_tail(fs: Any, path: str, length: int) -> tuple[int | None, bytes | 
 
     http = _filesystem_class("fsspec.implementations.http", "HTTPFileSystem")
     s3 = _filesystem_class("s3fs", "S3FileSystem")
-    probe = None
+    probe: Any = None
     if http is not None and isinstance(fs, http):
         probe = _http_suffix
     elif s3 is not None and isinstance(fs, s3):

@@ -119,5 +119,6 @@ def cat_ranges_with_retries(fs: Any, path: str, ranges: Sequence[tuple[int, int]
         if not failed:
             return results
         pending = failed
+        assert delay is not None  # the last attempt (delay None) raised above
         _pause(delay)
     raise AssertionError("unreachable")
