@@ -82,7 +82,8 @@ def naive_load(path: str) -> np.ndarray:
         dctx = zstandard.ZstdDecompressor()
         for i in _data_frames(table, data_offset):
             start = int(table.doff[i]) - data_offset
-            _readinto(dctx, os.pread(fd, int(table.csize[i]), int(table.coff[i])), flat[start : start + int(table.dsize[i])])
+            src = os.pread(fd, int(table.csize[i]), int(table.coff[i]))
+            _readinto(dctx, src, flat[start : start + int(table.dsize[i])])
     finally:
         os.close(fd)
     return out

@@ -26,13 +26,28 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-import lazymem  # noqa: E402
 import run  # noqa: E402
+
+import lazymem  # noqa: E402
 from lazymem.monitor.client import get_client  # noqa: E402
 
-INCLUSIVE = ["read_into", "decode_frame_into", "readinto", "_frame_extent", "fetch_views", "cat_file",
-             "copy (", "wake (", "_stored_bytes", "_install", "poll", "read_messages", "_on_fault", "get (",
-             "frames_for"]
+INCLUSIVE = [
+    "read_into",
+    "decode_frame_into",
+    "readinto",
+    "_frame_extent",
+    "fetch_views",
+    "cat_file",
+    "copy (",
+    "wake (",
+    "_stored_bytes",
+    "_install",
+    "poll",
+    "read_messages",
+    "_on_fault",
+    "get (",
+    "frames_for",
+]
 
 
 def summarize(raw: Path, top: int = 25) -> str:
@@ -47,8 +62,10 @@ def summarize(raw: Path, top: int = 25) -> str:
         frames = stack.split(";")
         leaf = frames[-1]
         self_counts[leaf] += n
-        if any(k in leaf for k in ("wait (threading", "get (queue", "poll (", "_wait_for_tstate_lock")) or \
-                "acquire" in leaf:
+        if (
+            any(k in leaf for k in ("wait (threading", "get (queue", "poll (", "_wait_for_tstate_lock"))
+            or "acquire" in leaf
+        ):
             idle += n
         seen = set()
         for f in frames:
@@ -84,8 +101,22 @@ def main() -> int:
     url = str(ds.zst)
     pid = get_client().monitor_pid
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(args.seconds)), "--rate", "250",
-           "--format", "raw", "--output", str(args.out), "--threads", "--nonblocking"]
+    cmd = [
+        "py-spy",
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(int(args.seconds)),
+        "--rate",
+        "250",
+        "--format",
+        "raw",
+        "--output",
+        str(args.out),
+        "--threads",
+        "--nonblocking",
+    ]
     if args.native:
         cmd.append("--native")
     if args.idle:
@@ -110,8 +141,10 @@ def main() -> int:
     if spy.returncode != 0:
         print(err.decode(), file=sys.stderr)
         return 1
-    print(f"{len(times)} {args.access}s of {ds.nbytes / run.MiB:.0f} MiB, median {np.median(times) * 1e3:.0f} ms; "
-          f"last stats: {s}")
+    print(
+        f"{len(times)} {args.access}s of {ds.nbytes / run.MiB:.0f} MiB, median {np.median(times) * 1e3:.0f} ms; "
+        f"last stats: {s}"
+    )
     print(summarize(args.out))
     return 0
 

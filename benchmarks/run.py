@@ -21,8 +21,9 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +33,7 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 import contenders  # noqa: E402
 import datagen  # noqa: E402
+
 import lazymem  # noqa: E402
 
 MiB = 2**20
@@ -120,8 +122,13 @@ class Dataset:
         self.zarr = directory / f"{stem}.zarr"
         self.meta_path = directory / f"{stem}.json"
         self.seed = seed
-        self.meta = {"shape": list(self.shape), "seed": seed, "generator": datagen.GENERATOR_VERSION,
-                     "chunk_bytes": CHUNK_BYTES, "level": LEVEL}
+        self.meta = {
+            "shape": list(self.shape),
+            "seed": seed,
+            "generator": datagen.GENERATOR_VERSION,
+            "chunk_bytes": CHUNK_BYTES,
+            "level": LEVEL,
+        }
 
     def ready(self) -> bool:
         if not all(p.exists() for p in (self.zst, self.npy, self.zarr, self.meta_path)):
@@ -150,9 +157,13 @@ class Dataset:
             shutil.rmtree(self.zarr)
         steps_per_chunk = CHUNK_BYTES // datagen.STEP_BYTES  # (8, 256, 512) float32 = 4 MiB, as lazymem's
         t = time.perf_counter()
-        z = zarr.create_array(store=str(self.zarr), shape=self.shape, dtype="float32",
-                              chunks=(steps_per_chunk, datagen.N_LAT, datagen.N_LON),
-                              compressors=zarr.codecs.ZstdCodec(level=LEVEL))
+        z = zarr.create_array(
+            store=str(self.zarr),
+            shape=self.shape,
+            dtype="float32",
+            chunks=(steps_per_chunk, datagen.N_LAT, datagen.N_LON),
+            compressors=zarr.codecs.ZstdCodec(level=LEVEL),
+        )
         z[:] = field
         log(f"data: zarr write {time.perf_counter() - t:.1f} s")
         del field, z
@@ -196,9 +207,15 @@ def monitor_cpu_seconds() -> float | None:
 
 def lazy_stats_dict(arr: Any) -> dict[str, Any]:
     s = lazymem.stats(arr)
-    return {"bytes_fetched": s.bytes_fetched, "chunks_installed": s.chunks_installed,
-            "chunks_total": s.chunks_total, "faults": s.faults, "readahead_chunks": s.readahead_chunks,
-            "fetch_seconds": s.fetch_seconds, "install_seconds": s.install_seconds}
+    return {
+        "bytes_fetched": s.bytes_fetched,
+        "chunks_installed": s.chunks_installed,
+        "chunks_total": s.chunks_total,
+        "faults": s.faults,
+        "readahead_chunks": s.readahead_chunks,
+        "fetch_seconds": s.fetch_seconds,
+        "install_seconds": s.install_seconds,
+    }
 
 
 def cpu_jiffies() -> tuple[float, float]:
@@ -248,7 +265,7 @@ QUIET_WAIT = 120.0
 
 def keep(obj: Any) -> dict[str, Any]:
     """Free ``obj`` (an eagerly loaded array) only after the timer stops, as lazy arrays are closed."""
-    return {"_after": lambda: {} if obj is None else {}}
+    return {"_after": lambda: {"kept": type(obj).__name__}}
 
 
 def finish(arr: Any) -> Callable[[], dict[str, Any]]:
@@ -301,8 +318,12 @@ class Contender:
         for attempt in range(RETRIES_IF_BUSY + 1):
             elapsed, answer, info = self._run()
             # /proc/stat counts in 10 ms ticks: only runs of 0.3 s or more can be judged.
-            if elapsed < 0.3 or info["others_cpus"] <= BUSY_THRESHOLD or attempt == RETRIES_IF_BUSY \
-                    or WAIT_BUDGET[0] <= 0:
+            if (
+                elapsed < 0.3
+                or info["others_cpus"] <= BUSY_THRESHOLD
+                or attempt == RETRIES_IF_BUSY
+                or WAIT_BUDGET[0] <= 0
+            ):
                 break
             log(f"    {self.name}: other processes used {info['others_cpus']:.2f} CPUs during the run; redoing it")
             WAIT_BUDGET[0] -= elapsed
@@ -313,8 +334,12 @@ class Contender:
         self.answer = answer
 
     def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "median_s": statistics.median(self.times),
-                               "min_s": min(self.times), "times_s": self.times}
+        out: dict[str, Any] = {
+            "name": self.name,
+            "median_s": statistics.median(self.times),
+            "min_s": min(self.times),
+            "times_s": self.times,
+        }
         keys = set().union(*(i.keys() for i in self.infos)) if self.infos else set()
         for key in sorted(keys):
             values = [i[key] for i in self.infos if key in i]
@@ -346,8 +371,9 @@ def compete(title: str, entrants: list[Contender], reps: int) -> list[dict[str, 
     reference = entrants[0]
     for c in entrants[1:]:
         if not same(c.answer, reference.answer):
-            raise AssertionError(f"{title}: {c.name} disagrees with {reference.name}: "
-                                 f"{c.answer!r} != {reference.answer!r}")
+            raise AssertionError(
+                f"{title}: {c.name} disagrees with {reference.name}: {c.answer!r} != {reference.answer!r}"
+            )
     results = [c.summary() for c in entrants]
     log(f"  {title}: " + ", ".join(f"{r['name']} {r['median_s'] * 1e3:.1f} ms" for r in results))
     for c in entrants:
@@ -393,10 +419,15 @@ def full_scan(ds: Dataset, reps: int) -> list[dict[str, Any]]:
     def npy_mmap() -> tuple[Any, dict[str, Any]]:
         return float(np.sum(np.load(ds.npy, mmap_mode="r"), dtype=np.float64)), {}
 
-    entrants = [Contender("lazymem.open + sum", lazy), Contender("lazymem.load + sum", load),
-                Contender("naive serial zstd + sum", naive), Contender("decode floor (no sum)", decode_floor),
-                Contender("zarr z[:] + sum", zarr_read), Contender("np.load(.npy) + sum", npy_load),
-                Contender("np.load(.npy, mmap) + sum", npy_mmap)]
+    entrants = [
+        Contender("lazymem.open + sum", lazy),
+        Contender("lazymem.load + sum", load),
+        Contender("naive serial zstd + sum", naive),
+        Contender("decode floor (no sum)", decode_floor),
+        Contender("zarr z[:] + sum", zarr_read),
+        Contender("np.load(.npy) + sum", npy_load),
+        Contender("np.load(.npy, mmap) + sum", npy_mmap),
+    ]
     try:
         # The floor produces no sum: check its buffer once, outside timing, then leave it out of
         # the agreement check.
@@ -425,8 +456,9 @@ def _compete_floor(entrants: list[Contender], reps: int) -> list[dict[str, Any]]
         if c is floor:
             continue
         if not same(c.answer, reference.answer):
-            raise AssertionError(f"full scan: {c.name} disagrees with {reference.name}: "
-                                 f"{c.answer!r} != {reference.answer!r}")
+            raise AssertionError(
+                f"full scan: {c.name} disagrees with {reference.name}: {c.answer!r} != {reference.answer!r}"
+            )
     results = [c.summary() for c in entrants]
     log("  full scan: " + ", ".join(f"{r['name']} {r['median_s'] * 1e3:.0f} ms" for r in results))
     return results
@@ -458,12 +490,12 @@ def touched_fraction(ds: Dataset, reps: int, fractions: list[float]) -> list[dic
         touched = np.unique(idx // (CHUNK_BYTES // 4))
         ideal_bytes = int(table.csize[1 + touched].sum())  # frame 0 is the header
 
-        def lazy() -> tuple[Any, dict[str, Any]]:
+        def lazy(idx: np.ndarray = idx) -> tuple[Any, dict[str, Any]]:
             a = lazymem.open(url)
             values = a.reshape(-1)[idx]
             return values, {"_after": finish(a)}
 
-        def lazy_prefetch() -> tuple[Any, dict[str, Any]]:
+        def lazy_prefetch(coords: Any = coords) -> tuple[Any, dict[str, Any]]:
             # The batch API: name the elements first, and the monitor loads their chunks concurrently.
             # (3-D coordinates: prefetch with a fancy index on a huge 1-D view costs O(its length).)
             a = lazymem.open(url)
@@ -471,28 +503,39 @@ def touched_fraction(ds: Dataset, reps: int, fractions: list[float]) -> list[dic
             values = a[coords]
             return values, {"_after": finish(a)}
 
-        def load() -> tuple[Any, dict[str, Any]]:
+        def load(idx: np.ndarray = idx) -> tuple[Any, dict[str, Any]]:
             b = lazymem.load(url)
             return b.reshape(-1)[idx], {"bytes_fetched": ds.compressed_bytes, **keep(b)}
 
-        def zarr_vindex() -> tuple[Any, dict[str, Any]]:
+        def zarr_vindex(coords: Any = coords) -> tuple[Any, dict[str, Any]]:
             z = zarr.open_array(str(ds.zarr), mode="r")
             return z.vindex[coords], {}
 
-        def zarr_loop() -> tuple[Any, dict[str, Any]]:
+        def zarr_loop(coords: Any = coords) -> tuple[Any, dict[str, Any]]:
             z = zarr.open_array(str(ds.zarr), mode="r")
             return np.array([z[t, i, j] for t, i, j in zip(*coords)], dtype=np.float32), {}
 
-        def mmap() -> tuple[Any, dict[str, Any]]:
+        def mmap(idx: np.ndarray = idx) -> tuple[Any, dict[str, Any]]:
             return np.load(ds.npy, mmap_mode="r").reshape(-1)[idx], {}
 
-        entrants = [Contender("lazymem.open", lazy), Contender("lazymem.load", load),
-                    Contender("zarr vindex", zarr_vindex), Contender("lazymem.open + prefetch(idx)", lazy_prefetch)]
+        entrants = [
+            Contender("lazymem.open", lazy),
+            Contender("lazymem.load", load),
+            Contender("zarr vindex", zarr_vindex),
+            Contender("lazymem.open + prefetch(idx)", lazy_prefetch),
+        ]
         if fraction <= 0.1:
             entrants += [Contender("zarr z[t,i,j] loop", zarr_loop), Contender("npy mmap", mmap)]
         results = compete(f"touched {fraction:g} ({len(touched)}/{n_chunks} chunks)", entrants, reps)
-        out.append({"fraction": fraction, "chunks_touched": len(touched), "chunks_total": n_chunks,
-                    "ideal_bytes": ideal_bytes, "results": results})
+        out.append(
+            {
+                "fraction": fraction,
+                "chunks_touched": len(touched),
+                "chunks_total": n_chunks,
+                "ideal_bytes": ideal_bytes,
+                "results": results,
+            }
+        )
     return out
 
 
@@ -503,17 +546,23 @@ def strided(ds: Dataset, reps: int, quick: bool = False) -> list[dict[str, Any]]
     nt, ny, nx = ds.shape
     cases: list[tuple[str, Callable[[Any], Any], Callable[[Any], Any]]] = [
         # (name, numpy access, zarr access)
-        ("every 1000th element", lambda a: np.asarray(a.reshape(-1)[::1000]).copy(),
-         None),
-        ("time series at one point a[:, 128, 256]", lambda a: np.array(a[:, ny // 2, nx // 2]),
-         lambda z: z[:, ny // 2, nx // 2]),
-        ("every 64th time step a[::64].mean()", lambda a: float(np.mean(a[::64], dtype=np.float64)),
-         lambda z: float(np.mean(z[::64], dtype=np.float64))),
+        ("every 1000th element", lambda a: np.asarray(a.reshape(-1)[::1000]).copy(), None),
+        (
+            "time series at one point a[:, 128, 256]",
+            lambda a: np.array(a[:, ny // 2, nx // 2]),
+            lambda z: z[:, ny // 2, nx // 2],
+        ),
+        (
+            "every 64th time step a[::64].mean()",
+            lambda a: float(np.mean(a[::64], dtype=np.float64)),
+            lambda z: float(np.mean(z[::64], dtype=np.float64)),
+        ),
     ]
     if quick:
         cases = cases[1:]  # every 1000th element touches every chunk: the full scan again
     out = []
     for name, access, zaccess in cases:
+
         def lazy(access: Any = access) -> tuple[Any, dict[str, Any]]:
             a = lazymem.open(url)
             value = access(a)
@@ -535,9 +584,12 @@ def strided(ds: Dataset, reps: int, quick: bool = False) -> list[dict[str, Any]]
             flat = np.arange(0, nt * ny * nx, 1000)
             return z.vindex[np.unravel_index(flat, ds.shape)], {}
 
-        entrants = [Contender("lazymem.open", lazy), Contender("lazymem.load", load),
-                    Contender("zarr", zarr_read if zaccess is not None else zarr_flat),
-                    Contender("npy mmap", mmap)]
+        entrants = [
+            Contender("lazymem.open", lazy),
+            Contender("lazymem.load", load),
+            Contender("zarr", zarr_read if zaccess is not None else zarr_flat),
+            Contender("npy mmap", mmap),
+        ]
         out.append({"case": name, "results": compete(name, entrants, reps)})
     return out
 
@@ -547,7 +599,7 @@ def first_element(ds: Dataset, reps: int, huge: list[tuple[str, str, int]]) -> t
     import zarr
 
     out, errors = [], []
-    targets = [(f"{ds.nbytes // MiB} MiB field", str(ds.zst), ds.nbytes)] + huge
+    targets = [(f"{ds.nbytes // MiB} MiB field", str(ds.zst), ds.nbytes), *huge]
     for label, url, nbytes in targets:
         opens: list[float] = []
         firsts: list[float] = []
@@ -575,10 +627,17 @@ def first_element(ds: Dataset, reps: int, huge: list[tuple[str, str, int]]) -> t
             log(f"  first element, {label}: FAILED {type(exc).__name__}: {exc}")
             errors.append({"target": label, "error": f"{type(exc).__name__}: {exc}"})
             continue
-        entry = {"target": label, "nbytes": nbytes, "file_bytes": os.path.getsize(url),
-                 "open_s": statistics.median(opens), "first_touch_s": statistics.median(firsts),
-                 "last_element_s": statistics.median(lasts), "open_plus_first_s": statistics.median(totals),
-                 "chunks_total": st.chunks_total, "values": [v0, v1]}
+        entry = {
+            "target": label,
+            "nbytes": nbytes,
+            "file_bytes": os.path.getsize(url),
+            "open_s": statistics.median(opens),
+            "first_touch_s": statistics.median(firsts),
+            "last_element_s": statistics.median(lasts),
+            "open_plus_first_s": statistics.median(totals),
+            "chunks_total": st.chunks_total,
+            "values": [v0, v1],
+        }
         if url == str(ds.zst):
             zt, mt = [], []
             for _ in range(max(reps, 5)):
@@ -596,8 +655,10 @@ def first_element(ds: Dataset, reps: int, huge: list[tuple[str, str, int]]) -> t
             entry["npy_mmap_open_plus_first_s"] = statistics.median(mt)
         elif v0 != 0.0 or v1 != 0.0:
             raise AssertionError(f"{label}: zeros array read back {v0}, {v1}")
-        log(f"  first element, {label}: open {entry['open_s'] * 1e3:.1f} ms + a[0] "
-            f"{entry['first_touch_s'] * 1e3:.1f} ms")
+        log(
+            f"  first element, {label}: open {entry['open_s'] * 1e3:.1f} ms + a[0] "
+            f"{entry['first_touch_s'] * 1e3:.1f} ms"
+        )
         out.append(entry)
     return out, errors
 
@@ -614,8 +675,10 @@ def make_huge(directory: Path, quick: bool) -> list[tuple[str, str, int]]:
         if not g16.exists():
             t = time.perf_counter()
             lazymem.save(str(g16), np.broadcast_to(np.float32(0), (16 * GiB // 4,)))
-            log(f"data: lazymem.save of a 16 GiB broadcast zeros view: {time.perf_counter() - t:.1f} s, "
-                f"{g16.stat().st_size / MiB:.1f} MiB")
+            log(
+                f"data: lazymem.save of a 16 GiB broadcast zeros view: {time.perf_counter() - t:.1f} s, "
+                f"{g16.stat().st_size / MiB:.1f} MiB"
+            )
         out.append(("16 GiB zeros (lazymem.save of a broadcast view)", str(g16), 16 * GiB))
     return out
 
@@ -643,48 +706,65 @@ def markdown(report: dict[str, Any]) -> str:
     lines: list[str] = []
     m = report["machine"]
     ds = report["dataset"]
-    lines.append(f"Machine: {m.get('cpu', '?')}, {m['nproc']} CPUs, {m.get('memory_gib', '?')} GiB RAM, "
-                 f"Linux {m['kernel']}; Python {m['python']}, numpy {m['numpy']}, zstandard {m['zstandard']}, "
-                 f"zarr {m.get('zarr', '-')}, lazymem {m['lazymem']} (sources sha256 "
-                 f"{m.get('lazymem_source_sha256', '?')}, zero-copy installs {m.get('lazymem_zero_copy', '?')}).")
+    lines.append(
+        f"Machine: {m.get('cpu', '?')}, {m['nproc']} CPUs, {m.get('memory_gib', '?')} GiB RAM, "
+        f"Linux {m['kernel']}; Python {m['python']}, numpy {m['numpy']}, zstandard {m['zstandard']}, "
+        f"zarr {m.get('zarr', '-')}, lazymem {m['lazymem']} (sources sha256 "
+        f"{m.get('lazymem_source_sha256', '?')}, zero-copy installs {m.get('lazymem_zero_copy', '?')})."
+    )
     noise = [r.get("others_cpus", 0.0) for r in report["full_scan"]]
-    lines.append(f"Background load from other processes during the full scan: median {statistics.median(noise):.2f} "
-                 f"CPUs (max {max(noise):.2f}); before the run: {report.get('background_cpus_at_start', 0):.2f} CPUs.")
-    lines.append(f"Data: float32 {tuple(ds['shape'])} = {fmt_mb(ds['nbytes'])}, {fmt_mb(ds['compressed_bytes'])} "
-                 f"compressed (ratio {ds['nbytes'] / ds['compressed_bytes']:.2f}), 4 MiB chunks, zstd level 3, "
-                 f"local file in the page cache. Medians of {report['reps']} alternating repetitions.")
+    lines.append(
+        f"Background load from other processes during the full scan: median {statistics.median(noise):.2f} "
+        f"CPUs (max {max(noise):.2f}); before the run: {report.get('background_cpus_at_start', 0):.2f} CPUs."
+    )
+    lines.append(
+        f"Data: float32 {tuple(ds['shape'])} = {fmt_mb(ds['nbytes'])}, {fmt_mb(ds['compressed_bytes'])} "
+        f"compressed (ratio {ds['nbytes'] / ds['compressed_bytes']:.2f}), 4 MiB chunks, zstd level 3, "
+        f"local file in the page cache. Medians of {report['reps']} alternating repetitions."
+    )
     lines.append("")
 
     scan = report["full_scan"]
     floor = by_name(scan, "decode floor (no sum)")["median_s"]
     lines.append("### Full scan: `np.sum(a, dtype=np.float64)`")
     lines.append("")
-    lines.append("| contender | median | GB/s (uncompressed) | × decode floor | other procs (CPUs) | notes |")
+    lines.append("| contender | median | GB/s (uncompressed) | x decode floor | other procs (CPUs) | notes |")
     lines.append("|---|---:|---:|---:|---:|---|")
     for r in scan:
         note = ""
         if "bytes_fetched" in r:
-            note = (f"fetched {fmt_mb(r['bytes_fetched'])}, {r['chunks_installed']:.0f} chunks "
-                    f"({r['readahead_chunks']:.0f} by readahead), {r['faults']:.0f} faults")
+            note = (
+                f"fetched {fmt_mb(r['bytes_fetched'])}, {r['chunks_installed']:.0f} chunks "
+                f"({r['readahead_chunks']:.0f} by readahead), {r['faults']:.0f} faults"
+            )
             if "monitor_cpu_seconds" in r:
                 note += f"; CPU: monitor {r['monitor_cpu_seconds']:.2f} s, app {r['app_cpu_seconds']:.2f} s"
-        lines.append(f"| {r['name']} | {fmt_s(r['median_s'])} | {ds['nbytes'] / r['median_s'] / 1e9:.2f} | "
-                     f"{r['median_s'] / floor:.2f} | {r.get('others_cpus', 0):.2f} | {note} |")
+        lines.append(
+            f"| {r['name']} | {fmt_s(r['median_s'])} | {ds['nbytes'] / r['median_s'] / 1e9:.2f} | "
+            f"{r['median_s'] / floor:.2f} | {r.get('others_cpus', 0):.2f} | {note} |"
+        )
     lines.append("")
 
     lines.append("### Touched fraction: one element in each of a fraction of the chunks (random chunks)")
     lines.append("")
-    lines.append("| fraction | chunks | lazymem.open | fetched (lazy) | lazy + prefetch(idx) | lazymem.load | "
-                 "zarr vindex | zarr loop | npy mmap | load / lazy |")
+    lines.append(
+        "| fraction | chunks | lazymem.open | fetched (lazy) | lazy + prefetch(idx) | lazymem.load | "
+        "zarr vindex | zarr loop | npy mmap | load / lazy |"
+    )
     lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in report["touched_fraction"]:
         res = {r["name"]: r for r in row["results"]}
         lazy = res["lazymem.open"]
-        cells = [f"{row['fraction']:g}", f"{row['chunks_touched']}/{row['chunks_total']}", fmt_s(lazy["median_s"]),
-                 fmt_mb(lazy.get("bytes_fetched", 0)), fmt_s(res["lazymem.open + prefetch(idx)"]["median_s"]),
-                 fmt_s(res["lazymem.load"]["median_s"]),
-                 fmt_s(res["zarr vindex"]["median_s"])]
-        cells += [fmt_s(res[n]["median_s"]) if n in res else "–" for n in ("zarr z[t,i,j] loop", "npy mmap")]
+        cells = [
+            f"{row['fraction']:g}",
+            f"{row['chunks_touched']}/{row['chunks_total']}",
+            fmt_s(lazy["median_s"]),
+            fmt_mb(lazy.get("bytes_fetched", 0)),
+            fmt_s(res["lazymem.open + prefetch(idx)"]["median_s"]),
+            fmt_s(res["lazymem.load"]["median_s"]),
+            fmt_s(res["zarr vindex"]["median_s"]),
+        ]
+        cells += [fmt_s(res[n]["median_s"]) if n in res else "-" for n in ("zarr z[t,i,j] loop", "npy mmap")]
         cells.append(f"{res['lazymem.load']['median_s'] / lazy['median_s']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -696,22 +776,28 @@ def markdown(report: dict[str, Any]) -> str:
     for row in report["strided"]:
         res = {r["name"]: r for r in row["results"]}
         lazy = res["lazymem.open"]
-        lines.append(f"| {row['case']} | {fmt_s(lazy['median_s'])} | {fmt_mb(lazy.get('bytes_fetched', 0))} "
-                     f"({lazy.get('chunks_installed', 0):.0f} chunks) | {fmt_s(res['lazymem.load']['median_s'])} | "
-                     f"{fmt_s(res['zarr']['median_s'])} | {fmt_s(res['npy mmap']['median_s'])} |")
+        lines.append(
+            f"| {row['case']} | {fmt_s(lazy['median_s'])} | {fmt_mb(lazy.get('bytes_fetched', 0))} "
+            f"({lazy.get('chunks_installed', 0):.0f} chunks) | {fmt_s(res['lazymem.load']['median_s'])} | "
+            f"{fmt_s(res['zarr']['median_s'])} | {fmt_s(res['npy mmap']['median_s'])} |"
+        )
     lines.append("")
 
     lines.append("### First element: `lazymem.open(url)` then `a.flat[0]`, monitor already running")
     lines.append("")
-    lines.append("| array | file size | open | first element | open + first | last element | "
-                 "zarr open + first | npy mmap open + first |")
+    lines.append(
+        "| array | file size | open | first element | open + first | last element | "
+        "zarr open + first | npy mmap open + first |"
+    )
     lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
     for e in report["first_element"]:
-        lines.append(f"| {e['target']} | {fmt_mb(e['file_bytes'])} | {fmt_s(e['open_s'])} | "
-                     f"{fmt_s(e['first_touch_s'])} | {fmt_s(e['open_plus_first_s'])} | "
-                     f"{fmt_s(e['last_element_s'])} | "
-                     f"{fmt_s(e['zarr_open_plus_first_s']) if 'zarr_open_plus_first_s' in e else '–'} | "
-                     f"{fmt_s(e['npy_mmap_open_plus_first_s']) if 'npy_mmap_open_plus_first_s' in e else '–'} |")
+        lines.append(
+            f"| {e['target']} | {fmt_mb(e['file_bytes'])} | {fmt_s(e['open_s'])} | "
+            f"{fmt_s(e['first_touch_s'])} | {fmt_s(e['open_plus_first_s'])} | "
+            f"{fmt_s(e['last_element_s'])} | "
+            f"{fmt_s(e['zarr_open_plus_first_s']) if 'zarr_open_plus_first_s' in e else '-'} | "
+            f"{fmt_s(e['npy_mmap_open_plus_first_s']) if 'npy_mmap_open_plus_first_s' in e else '-'} |"
+        )
     for e in report.get("first_element_errors", []):
         lines.append(f"| {e['target']} | failed: `{e['error']}` | | | | | | |")
     lines.append("")
@@ -744,7 +830,8 @@ def ratios(report: dict[str, Any]) -> dict[str, float]:
             out[f"sparse {pct}: lazy / eager load"] = res["lazymem.open"] / res["lazymem.load"]
             out[f"sparse {pct}: lazy / zarr vindex"] = res["lazymem.open"] / res["zarr vindex"]
             out[f"sparse {pct}: lazy + prefetch(idx) / zarr vindex"] = (
-                res["lazymem.open + prefetch(idx)"] / res["zarr vindex"])
+                res["lazymem.open + prefetch(idx)"] / res["zarr vindex"]
+            )
     return out
 
 
@@ -767,13 +854,19 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax1.plot(x, series("lazymem.open + prefetch(idx)"), "d-", label="lazymem.open + prefetch(idx)", color="C4")
     ax1.plot(x, series("zarr vindex"), "^:", label="zarr vindex (batched)", color="C2")
     scan = {r["name"]: r["median_s"] for r in report["full_scan"]}
-    ax1.axhline(scan["decode floor (no sum)"], color="gray", lw=1, ls="-.",
-                label="decode floor (all chunks, all cores)")
+    ax1.axhline(
+        scan["decode floor (no sum)"], color="gray", lw=1, ls="-.", label="decode floor (all chunks, all cores)"
+    )
     for ax in (ax1, ax2):
         ax.set_xscale("log")
         ax.set_xticks(x)
-        ax.set_xticklabels([f"{100 * v:.0f} %\n{r['chunks_touched']}" if v >= 0.1 else
-                            f"{100 * v:.2g} %\n{r['chunks_touched']}" for v, r in zip(x, rows)], fontsize=8)
+        ax.set_xticklabels(
+            [
+                f"{100 * v:.0f} %\n{r['chunks_touched']}" if v >= 0.1 else f"{100 * v:.2g} %\n{r['chunks_touched']}"
+                for v, r in zip(x, rows)
+            ],
+            fontsize=8,
+        )
         ax.minorticks_off()
     ax1.set_yscale("log")
     ax1.set_xlabel("chunks touched (one element each): fraction / count")
@@ -782,10 +875,17 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax1.grid(True, which="both", alpha=0.3)
     ax1.legend(fontsize=8)
 
-    ax2.plot(x, np.array(series("lazymem.open", "bytes_fetched")) / MiB, "o-", color="C0", lw=2,
-             label="lazymem.open: fetched")
-    ax2.plot(x, np.array([r["ideal_bytes"] for r in rows]) / MiB, "k:", lw=1,
-             label="compressed size of the touched chunks")
+    ax2.plot(
+        x,
+        np.array(series("lazymem.open", "bytes_fetched")) / MiB,
+        "o-",
+        color="C0",
+        lw=2,
+        label="lazymem.open: fetched",
+    )
+    ax2.plot(
+        x, np.array([r["ideal_bytes"] for r in rows]) / MiB, "k:", lw=1, label="compressed size of the touched chunks"
+    )
     ax2.axhline(ds["compressed_bytes"] / MiB, color="C1", ls="--", label="lazymem.load: whole file")
     ax2.set_yscale("log")
     ax2.set_xlabel("chunks touched (one element each): fraction / count")
@@ -794,8 +894,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax2.grid(True, which="both", alpha=0.3)
     ax2.legend(fontsize=8)
     m = report["machine"]
-    fig.suptitle(f"lazymem, {ds['nbytes'] / MiB:.0f} MiB float32 field, 4 MiB zstd chunks, local file (page cache); "
-                 f"{m['nproc']} vCPU {m.get('cpu', '')}", fontsize=10)
+    fig.suptitle(
+        f"lazymem, {ds['nbytes'] / MiB:.0f} MiB float32 field, 4 MiB zstd chunks, local file (page cache); "
+        f"{m['nproc']} vCPU {m.get('cpu', '')}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -812,12 +915,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=HERE / "data")
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--no-huge", action="store_true", help="skip the huge zeros arrays")
-    p.add_argument("--wait-quiet", type=float, default=0.0,
-                   help="wait up to this many seconds for other processes to leave the CPUs idle, at the start "
-                        "and before redoing a run they disturbed (runs are redone up to 3 times either way)")
-    p.add_argument("--wait-budget", type=float,
-                   help="most seconds spent waiting for quiet and redoing disturbed runs, in total "
-                        "(default 30 quick, 900 full)")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        help="wait up to this many seconds for other processes to leave the CPUs idle, at the start "
+        "and before redoing a run they disturbed (runs are redone up to 3 times either way)",
+    )
+    p.add_argument(
+        "--wait-budget",
+        type=float,
+        help="most seconds spent waiting for quiet and redoing disturbed runs, in total (default 30 quick, 900 full)",
+    )
     p.add_argument("--replot", type=Path, help="only redraw the plot and tables from a results JSON")
     args = p.parse_args(argv)
     if args.replot:
@@ -844,10 +953,18 @@ def main(argv: list[str] | None = None) -> int:
     warm_memory(3 * ds.nbytes)
 
     report: dict[str, Any] = {
-        "mode": mode, "reps": reps, "machine": machine_info(),
-        "dataset": {"shape": list(ds.shape), "dtype": "float32", "nbytes": ds.nbytes,
-                    "compressed_bytes": ds.compressed_bytes, "chunk_bytes": CHUNK_BYTES, "level": LEVEL,
-                    "file": ds.zst.name},
+        "mode": mode,
+        "reps": reps,
+        "machine": machine_info(),
+        "dataset": {
+            "shape": list(ds.shape),
+            "dtype": "float32",
+            "nbytes": ds.nbytes,
+            "compressed_bytes": ds.compressed_bytes,
+            "chunk_bytes": CHUNK_BYTES,
+            "level": LEVEL,
+            "file": ds.zst.name,
+        },
         "command": "python3 " + " ".join(sys.argv),
         "background_cpus_at_start": quiet,
     }

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, uninstalled
-import lazymem  # noqa: E402
+import lazymem
 
 N_LAT, N_LON = 256, 512  # one time step = 512 KiB, so a 4 MiB chunk holds 8 days
 SEED = 2024
@@ -63,8 +63,9 @@ def table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(
+            str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        )
 
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
 
@@ -85,8 +86,7 @@ def main() -> int:
     t0 = time.perf_counter()
     field = make_field(n_days)
     made = time.perf_counter() - t0
-    print(f"Source: temperature[time, lat, lon], {field.shape} float32 = {mib(field.nbytes)} "
-          f"(generated in {ms(made)})")
+    print(f"Source: temperature[time, lat, lon], {field.shape} float32 = {mib(field.nbytes)} (generated in {ms(made)})")
     try:
         saved_meta = json.loads(meta_path.read_text())
     except (OSError, ValueError):
@@ -108,8 +108,10 @@ def main() -> int:
     opened = time.perf_counter() - t0
     s = lazymem.stats(a)
     print(f"a = lazymem.open(url)   took {ms(opened)} (includes starting the monitor process once)")
-    print(f"  isinstance(a, np.ndarray) = {isinstance(a, np.ndarray)}, shape {a.shape}, dtype {a.dtype}, "
-          f"{s.chunks_total} chunks of {mib(s.chunk_bytes)}; fetched so far: {s.bytes_fetched} bytes\n")
+    print(
+        f"  isinstance(a, np.ndarray) = {isinstance(a, np.ndarray)}, shape {a.shape}, dtype {a.dtype}, "
+        f"{s.chunks_total} chunks of {mib(s.chunk_bytes)}; fetched so far: {s.bytes_fetched} bytes\n"
+    )
     a.close()
     del a
 
@@ -140,15 +142,27 @@ def main() -> int:
         if not ok:
             failed.append(code)
         shown = f"{float(value):.3f}" if np.ndim(value) == 0 else f"array{np.shape(value)}"
-        rows.append([code, label, shown, ms(elapsed), mib(s.bytes_fetched),
-                     f"{100 * s.bytes_fetched / file_bytes:.1f} %", f"{s.chunks_installed}/{s.chunks_total}",
-                     "OK" if ok else "MISMATCH"])
+        rows.append(
+            [
+                code,
+                label,
+                shown,
+                ms(elapsed),
+                mib(s.bytes_fetched),
+                f"{100 * s.bytes_fetched / file_bytes:.1f} %",
+                f"{s.chunks_installed}/{s.chunks_total}",
+                "OK" if ok else "MISMATCH",
+            ]
+        )
     print("Lazy reads (each on a fresh lazymem.open; file in the OS page cache):\n")
-    print(table(["read", "what", "value", "time", "fetched", "of file", "chunks", "check"], rows,
-                right={2, 3, 4, 5, 6}))
-    print(f"\n* C order puts the {nt} days of one point {N_LAT * N_LON * 4 // 1024} KiB apart: a time series at "
-          "one point touches every chunk,\n  so it costs a full decompression. Store the array transposed "
-          "(lat, lon, time) if that is your main access.\n")
+    print(
+        table(["read", "what", "value", "time", "fetched", "of file", "chunks", "check"], rows, right={2, 3, 4, 5, 6})
+    )
+    print(
+        f"\n* C order puts the {nt} days of one point {N_LAT * N_LON * 4 // 1024} KiB apart: a time series at "
+        "one point touches every chunk,\n  so it costs a full decompression. Store the array transposed "
+        "(lat, lon, time) if that is your main access.\n"
+    )
 
     # -- 4. all the reads on one lazily opened array (chunks stay resident between reads) ----------
     a = lazymem.open(url)
@@ -176,16 +190,23 @@ def main() -> int:
         failed.append("lazymem.load(url) == field")
     del b
 
-    print(table(
-        ["", "time", "check"],
-        [["lazymem.load(url), whole array", ms(loaded), "OK" if ok_load else "MISMATCH"],
-         ["  then the same reads in memory", ms(eager_reads), ""],
-         ["eager total", ms(loaded + eager_reads), ""],
-         ["lazy: sum of the reads above (each from scratch)", ms(sum(lazy_times)), ""],
-         [f"lazy: all reads on one array ({mib(shared.bytes_fetched)} fetched)", ms(lazy_shared), ""]],
-        right={1}))
-    print(f"\nLazily, the single element took {ms(lazy_times[0])}: {loaded / lazy_times[0]:,.0f}x sooner than "
-          "loading the whole array first.")
+    print(
+        table(
+            ["", "time", "check"],
+            [
+                ["lazymem.load(url), whole array", ms(loaded), "OK" if ok_load else "MISMATCH"],
+                ["  then the same reads in memory", ms(eager_reads), ""],
+                ["eager total", ms(loaded + eager_reads), ""],
+                ["lazy: sum of the reads above (each from scratch)", ms(sum(lazy_times)), ""],
+                [f"lazy: all reads on one array ({mib(shared.bytes_fetched)} fetched)", ms(lazy_shared), ""],
+            ],
+            right={1},
+        )
+    )
+    print(
+        f"\nLazily, the single element took {ms(lazy_times[0])}: {loaded / lazy_times[0]:,.0f}x sooner than "
+        "loading the whole array first."
+    )
     if failed:
         print(f"\nFAILED checks: {', '.join(failed)}")
         return 1

@@ -199,19 +199,57 @@ def _is_whole(arr: np.ndarray, handle: _Handle) -> bool:
     return arr.ctypes.data == handle.base_address and arr.nbytes == handle.region.nbytes
 
 
-def _element_offsets(arr: np.ndarray, key: Any) -> np.ndarray:
-    """Byte offsets (from arr's first element) of the elements ``arr[key]`` selects.
+def _selection_extents(arr: np.ndarray, key: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Byte ranges ``[lo, hi)`` (from arr's first element) covering the elements ``arr[key]``.
 
-    Each axis's coordinates are an ``arange`` broadcast with zero strides, so indexing them costs
-    memory only for the selected elements and never reads the lazy data.
+    Advanced indices (integer arrays, boolean masks) give one range per selected combination;
+    slices are folded into each range as their span, so the cost is that of the advanced part of
+    the selection, never of the axis lengths, and the lazy data is never read.
     """
-    offsets = np.zeros((), dtype=np.int64)
-    for axis, (n, stride) in enumerate(zip(arr.shape, arr.strides)):
-        shape = [1] * arr.ndim
-        shape[axis] = n
-        coord = np.broadcast_to((np.arange(n, dtype=np.int64) * stride).reshape(shape), arr.shape)
-        offsets = offsets + coord[key]
-    return np.asarray(offsets)
+    items = [item for item in (key if isinstance(key, tuple) else (key,)) if item is not None]
+
+    def width(item: Any) -> int:
+        x = np.asarray(item) if not isinstance(item, slice) else None
+        return x.ndim if x is not None and x.dtype == bool else 1
+
+    explicit = sum(width(item) for item in items if item is not Ellipsis)
+    if explicit > arr.ndim:
+        raise IndexError(f"too many indices for an array of {arr.ndim} dimensions")
+    expanded: list[Any] = []
+    for item in items:
+        expanded += [slice(None)] * (arr.ndim - explicit) if item is Ellipsis else [item]
+    expanded += [slice(None)] * (arr.ndim - sum(width(item) for item in expanded))
+    lo = hi = 0
+    advanced: list[tuple[np.ndarray, int]] = []
+    axis = 0
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    for item in expanded:
+        if isinstance(item, slice):
+            steps = range(*item.indices(arr.shape[axis]))
+            if not steps:
+                return empty
+            ends = (steps[0] * arr.strides[axis], steps[-1] * arr.strides[axis])
+            lo, hi = lo + min(ends), hi + max(ends)
+            axis += 1
+            continue
+        x = np.asarray(item)
+        coords = np.nonzero(x) if x.dtype == bool else (x.astype(np.int64),)
+        if x.dtype != bool and x.dtype.kind not in "iu":
+            raise IndexError(f"only integers, slices, Ellipsis, None and integer or boolean arrays are valid "
+                             f"indices (got {x.dtype})")
+        for coord in coords:
+            n = arr.shape[axis]
+            coord = np.where(coord < 0, coord + n, coord)
+            if coord.size and (coord.min() < 0 or coord.max() >= n):
+                raise IndexError(f"index out of bounds for axis {axis} with size {n}")
+            advanced.append((coord, arr.strides[axis]))
+            axis += 1
+    offsets = np.zeros(1, np.int64)
+    if advanced:
+        coords = np.broadcast_arrays(*(c for c, _ in advanced))
+        offsets = np.unique(sum((c.astype(np.int64) * s for c, (_, s) in zip(coords, advanced)),
+                                np.zeros((), np.int64)).ravel())
+    return offsets + lo, offsets + hi + arr.itemsize
 
 
 def _chunks_under(arr: LazyArray, key: Any, handle: _Handle) -> list[int]:
@@ -223,16 +261,18 @@ def _chunks_under(arr: LazyArray, key: Any, handle: _Handle) -> list[int]:
             return []
         byte_bounds = getattr(np.lib, "array_utils", np).byte_bounds
         low, high = byte_bounds(view)
-    else:
-        offsets = _element_offsets(arr, key)
-        if offsets.size == 0:
-            return []
-        start = arr.ctypes.data - handle.base_address
-        chunks = np.unique((offsets.ravel() + start) // handle.chunk_size)
-        return [int(c) for c in chunks]
-    base = handle.base_address
-    first, last = (low - base) // handle.chunk_size, (high - 1 - base) // handle.chunk_size
-    return list(range(first, last + 1))
+        base = handle.base_address
+        return list(range((low - base) // handle.chunk_size, (high - 1 - base) // handle.chunk_size + 1))
+    lo, hi = _selection_extents(arr, key)
+    if lo.size == 0:
+        return []
+    start = arr.ctypes.data - handle.base_address
+    first = (lo + start) // handle.chunk_size
+    last = (hi - 1 + start) // handle.chunk_size
+    chunks: set[int] = set()
+    for f, l in np.unique(np.stack([first, last], axis=1), axis=0):
+        chunks.update(range(int(f), int(l) + 1))
+    return sorted(chunks)
 
 
 def _is_basic_index(key: Any) -> bool:

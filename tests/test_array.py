@@ -152,6 +152,31 @@ def test_sequential_scan_reads_ahead(field) -> None:
     assert s.readahead_chunks > 0 and s.faults < s.chunks_total
 
 
+def test_chunks_under_any_index_cover_the_elements_numpy_selects(field) -> None:
+    from lazymem.array import _chunks_under
+
+    path, src = field
+    a = lazymem.open(path, readahead=0)
+    element = np.arange(src.size, dtype=np.int64).reshape(src.shape)  # oracle: element numbers
+    rng = np.random.default_rng(9)
+    rows = rng.integers(-src.shape[0], src.shape[0], 7)
+    mask = np.zeros(src.shape[0], bool)
+    mask[[3, 1500, 2559]] = True
+    exact = [rows, (rows, 5), mask, (np.array([[1, 2], [2000, 2001]]), 0), (rows, rows % 1024),
+             np.array([], dtype=int)]
+    spans = [(rows, slice(10, 20)), (slice(None, None, 700), rows % 1024), (mask, slice(None)),
+             (Ellipsis, np.array([0, 1023]))]
+    for key in exact + spans:
+        want = sorted({int(e) * 4 // 2**20 for e in np.ravel(element[key])})
+        got = _chunks_under(a, key, a._lazy)
+        if any(k is key for k in exact):
+            assert got == want, key
+        else:  # slices are folded into spans: a superset, never less
+            assert set(want) <= set(got), key
+    with pytest.raises(IndexError):
+        a.prefetch(np.array([src.shape[0]]))
+
+
 def test_prefetch_installs_exactly_the_chunks_under_a_key(field) -> None:
     path, src = field
     a = lazymem.open(path, readahead=0)
@@ -201,6 +226,10 @@ def test_huge_virtual_array_opens_instantly_and_costs_only_what_is_touched(tmp_p
     a = lazymem.open(path)
     assert a.shape == (2**30,) and a[2**29] == 0 and a[-1] == 0
     assert lazymem.stats(a).resident_bytes == 2 * 64 * 2**20
+    # An index array costs what it selects, not the axis length (2**30 elements).
+    assert a.prefetch(np.array([5, -5])) == 1  # chunk 0 loads; chunk 63 is there already
+    assert a.prefetch(np.array([2**28])) == 1
+    assert a.evict(np.array([2**28, 2**28 + 1])) == 1
 
 
 def test_open_missing_raises_file_not_found(tmp_path: Path) -> None:

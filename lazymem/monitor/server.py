@@ -739,7 +739,10 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = sys.argv[1:] if argv is None else argv
     control = socket.socket(fileno=int(argv[0]))
-    workers = int(argv[1]) if len(argv) > 1 else max(4, 2 * (os.cpu_count() or 1))
+    # Decompression is CPU-bound: one worker per core for local files (measured: 4 workers on 2
+    # cores took 2.49 s and 4.16 CPU-s for a 1 GiB scan, 2 workers 2.19 s and 3.63 CPU-s). Arrays
+    # on network storage add workers for the requests they keep in flight (max_in_flight).
+    workers = int(argv[1]) if len(argv) > 1 else max(2, os.cpu_count() or 1)
     # Ctrl-C in the app's terminal must not kill the monitor under a thread blocked in a fault.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise_open_file_limit()
