@@ -270,8 +270,8 @@ def _chunks_under(arr: LazyArray, key: Any, handle: _Handle) -> list[int]:
     first = (lo + start) // handle.chunk_size
     last = (hi - 1 + start) // handle.chunk_size
     chunks: set[int] = set()
-    for f, l in np.unique(np.stack([first, last], axis=1), axis=0):
-        chunks.update(range(int(f), int(l) + 1))
+    for lo_chunk, hi_chunk in np.unique(np.stack([first, last], axis=1), axis=0):
+        chunks.update(range(int(lo_chunk), int(hi_chunk) + 1))
     return sorted(chunks)
 
 
