@@ -204,3 +204,34 @@ def test_spawn_and_forkserver_receive_lazy_views(field) -> None:
     for method in ("spawn", "forkserver"):
         with multiprocessing.get_context(method).Pool(2) as pool:
             assert pool.map(_spawned_sum, views) == want, method
+
+
+def test_close_and_evict_while_other_threads_fault(field) -> None:
+    import threading
+
+    path, src = field
+    a = lazymem.open(path, readahead=2)
+    stop = threading.Event()
+    errors: list[int] = []
+
+    def reader(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        while not stop.is_set():
+            row = int(rng.integers(0, src.shape[0]))
+            if not np.array_equal(a[row], src[row]):
+                errors.append(row)
+
+    threads = [threading.Thread(target=reader, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for i in range(30):  # memory pulled away under the readers, again and again
+        if i % 2:
+            a.close()
+        else:
+            a.evict(np.s_[: src.shape[0] // 2])
+        a.prefetch(np.s_[i * 80: i * 80 + 10])
+    stop.set()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert np.array_equal(a, src)
