@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lazymem.errors import ArrayNotFoundError, FetchError, LazymemError, TruncatedFileError
+from lazymem.errors import ArrayNotFoundError, FetchError, FormatError, LazymemError, TruncatedFileError
 
 from .npy_header import NpyHeader
 from .retry import cat_ranges_with_retries, with_retries
@@ -155,6 +155,19 @@ def byte_view(buffer: Any) -> memoryview:
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
     return view
+
+
+def object_size(fs: Any, path: str, size: int | None = None) -> int:
+    """The object's stored size (asking storage unless given); empty or unsized objects are refused."""
+    if size is None:
+        with storage_errors(path):
+            size = fs.size(path)
+        if size is None:
+            raise FormatError(f"{path}: storage does not report the object's size")
+    size = int(size)
+    if size == 0:
+        raise FormatError(f"{path}: the file is empty")
+    return size
 
 
 def _client_errors() -> tuple[type[BaseException], ...]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from lazymem.errors import CorruptChunkError, FormatError, TruncatedFileError
 
-from .frames import FramedSource, FrameTable, byte_view, storage_errors
+from .frames import FramedSource, FrameTable, byte_view, object_size
 from .npy_header import npy_header_length, parse_npy_header
 
 __all__ = ["RAW_FRAME_BYTES", "RawNpyReader"]
@@ -61,14 +61,7 @@ class RawNpyReader(FramedSource):
         """
         if frame_bytes <= 0:
             raise ValueError(f"frame_bytes must be positive (got {frame_bytes})")
-        if size is None:
-            with storage_errors(path):
-                size = fs.size(path)
-            if size is None:
-                raise FormatError(f"{path}: storage does not report the object's size")
-        size = int(size)
-        if size == 0:
-            raise FormatError(f"{path}: the file is empty")
+        size = object_size(fs, path, size)
         self = cls.__new__(cls)
         self.fs, self.path, self.size = fs, path, size
         if head is None or len(head) < min(size, 16):

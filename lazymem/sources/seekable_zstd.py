@@ -29,7 +29,7 @@ from lazymem.errors import (
     TruncatedFileError,
 )
 
-from .frames import FramedSource, FrameTable, byte_view, storage_errors
+from .frames import FramedSource, FrameTable, byte_view, object_size
 from .npy_header import NpyHeader, npy_header_length, parse_npy_header
 
 __all__ = [
@@ -375,14 +375,7 @@ class SeekableZstdReader(FramedSource):
         CorruptChunkError
             The frame holding the header does not decode.
         """
-        if size is None:
-            with storage_errors(path):
-                size = fs.size(path)
-            if size is None:
-                raise FormatError(f"{path}: storage does not report the object's size")
-        size = int(size)
-        if size == 0:
-            raise FormatError(f"{path}: the file is empty")
+        size = object_size(fs, path, size)
         # A placeholder until the table is known: _cat needs only fs, path and size.
         self = cls.__new__(cls)
         self.fs, self.path, self.size = fs, path, size
