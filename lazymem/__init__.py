@@ -22,6 +22,7 @@ from .errors import (
     TruncatedFileError,
     UnsupportedDtypeError,
     UnsupportedStorageError,
+    UnverifiableDataWarning,
     UserfaultfdUnavailableError,
 )
 from .writer import save
@@ -42,6 +43,7 @@ __all__ = [
     "Stats",
     "TruncatedFileError",
     "UnsupportedDtypeError",
+    "UnverifiableDataWarning",
     "UnsupportedStorageError",
     "UserfaultfdUnavailableError",
     "load",

@@ -58,3 +58,7 @@ class ClosedArrayError(LazymemError, ValueError):
 
 class UnsupportedStorageError(LazymemError, ValueError):
     """The storage cannot serve a lazily loaded array (``memory://`` exists in this process alone)."""
+
+
+class UnverifiableDataWarning(UserWarning):
+    """The data cannot be checked against corruption (its zstd frames carry no content checksums)."""

@@ -127,3 +127,22 @@ def test_mutated_foreign_files_with_unaligned_frames(tmp_path: Path, data: st.Da
 def test_corpus_of_nasty_files(name: str) -> None:
     expected = (CORPUS / (name + ".expect")).read_text().strip()
     assert _check_never_wrong(CORPUS / name) == expected
+
+
+def test_files_without_checksums_warn_at_open_and_ours_do_not(tmp_path: Path) -> None:
+    import warnings
+
+    pyzstd = pytest.importorskip("pyzstd")
+    buf = io.BytesIO()
+    np.save(buf, SRC)
+    plain = tmp_path / "no-checksum.npy.zst"
+    with pyzstd.SeekableZstdFile(str(plain), "w", max_frame_content_size=997) as f:  # no checksums
+        f.write(buf.getvalue())
+    with pytest.warns(lazymem.UnverifiableDataWarning, match="no content checksums"):
+        open_source(str(plain))
+    ours = tmp_path / "ours.npy.zst"
+    lazymem.save(str(ours), SRC)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        open_source(str(ours))
+        open_source(str(tmp_path.parent / tmp_path.name / "ours.npy.zst"))

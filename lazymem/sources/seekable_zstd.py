@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import struct
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -27,6 +28,7 @@ from lazymem.errors import (
     FormatError,
     SeekTableError,
     TruncatedFileError,
+    UnverifiableDataWarning,
 )
 
 from .frames import FramedSource, FrameTable, byte_view, object_size
@@ -320,14 +322,17 @@ class _FrameRangeFile:
 
     def __init__(self, source: SeekableZstdReader, index: int) -> None:
         self._source = source
-        self._pos = int(source.table.compressed_offsets[index])
+        self._pos = self._start = int(source.table.compressed_offsets[index])
         self._end = self._pos + int(source.table.compressed_sizes[index])
 
     def read(self, size: int = -1) -> bytes:
         stop = self._end if size < 0 else min(self._end, self._pos + size)
         if stop <= self._pos:
             return b""
+        first = self._pos == self._start
         data = self._source._cat(self._pos, stop)
+        if first:
+            self._source._note_checksum(data)
         self._pos = stop
         return data
 
@@ -338,6 +343,9 @@ class SeekableZstdReader(FramedSource):
     Build with :meth:`open`. Pickles cheaply (filesystem, path, numpy arrays) and works after
     unpickling in another process. Safe to use from several threads at once.
     """
+
+    checksummed: bool | None = None
+    """Whether the frame read at open carries a content checksum (None: not known)."""
 
     format_name = "seekable zstd"
 
@@ -394,7 +402,16 @@ class SeekableZstdReader(FramedSource):
             raise type(exc)(f"{path}: {exc}") from None
         self.table = table
         self.stream_size = table.decompressed_total
+        self.checksummed = None  # _note_checksum sets it from the first frame read
         self.header = self._read_header()
+        if self.checksummed is False:
+            warnings.warn(
+                f"{path}: its zstd frames carry no content checksums, so corruption of the stored bytes "
+                "cannot be detected (it may decode to other values). Files written by lazymem.save always "
+                "carry checksums; pyzstd writes them with level_or_option={CParameter.checksumFlag: 1}.",
+                UnverifiableDataWarning,
+                stacklevel=3,
+            )
         return self
 
     def _read_header(self) -> NpyHeader:
@@ -446,7 +463,16 @@ class SeekableZstdReader(FramedSource):
 
     def _cat_frame(self, index: int) -> bytes:
         start = int(self.table.compressed_offsets[index])
-        return self._cat(start, start + int(self.table.compressed_sizes[index]))
+        blob = self._cat(start, start + int(self.table.compressed_sizes[index]))
+        self._note_checksum(blob)
+        return blob
+
+    def _note_checksum(self, frame_start: bytes) -> None:
+        """Remember whether the first frame read at open carries a content checksum (descriptor bit 2)."""
+        if getattr(self, "checksummed", None) is None and len(frame_start) >= 5 and (
+            int.from_bytes(frame_start[:4], "little") == ZSTD_MAGIC
+        ):
+            self.checksummed = bool(frame_start[4] & 0x04)
 
     def _read_frame_prefix(self, index: int, length: int) -> bytes:
         """First ``length`` bytes of a big frame, fetching its stored bytes piece by piece.
