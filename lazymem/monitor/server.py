@@ -446,8 +446,8 @@ class Monitor:
             demanded = job.priority == DEMAND
             # A failed readahead or prefetch leaves the chunk absent: a later touch retries it.
             region.state[chunk] = FAILED if demanded and not region.closed else ABSENT
+        offset, _, span = region.chunk_span(chunk)
         if demanded and not region.closed:
-            offset, _, span = region.chunk_span(chunk)
             print(
                 f"lazymem monitor: cannot load chunk {chunk} of {region.url} "
                 f"(array bytes {offset}..{offset + span}): {type(exc).__name__}: {exc}\n"
