@@ -40,6 +40,15 @@ def _start_app(url: str) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
+def _finish(app: subprocess.Popen[str], src: np.ndarray) -> tuple[str, str]:
+    """Wait for the scanning app; check it exited cleanly with the right total."""
+    out, err = app.communicate(timeout=120)
+    assert app.returncode == 0, err
+    lines = dict(line.split(maxsplit=1) for line in out.splitlines() if line)
+    assert float(lines["total"]) == _expected(src)
+    return out, err
+
+
 def _expected(src: np.ndarray) -> float:
     total = 0.0
     for i in range(0, src.shape[0], 4096):
@@ -63,17 +72,14 @@ def test_monitor_killed_while_serving_a_fault_is_replaced(tmp_path: Path) -> Non
             assert wait_for_exit(first_worker)
             server.stall = False
             server.released.set()
-            out, err = app.communicate(timeout=120)
+            out, err = _finish(app, src)
         finally:
             app.kill()
-    assert app.returncode == 0, err
-    lines = dict(line.split(maxsplit=1) for line in out.splitlines() if line)
-    assert float(lines["total"]) == _expected(src)
     assert int(out.splitlines()[-1].split()[1]) != first_worker
     assert "died (signal 9); starting a new one" in err
 
 
-def test_monitor_killed_repeatedly_during_a_local_scan(tmp_path: Path) -> None:
+def test_monitor_killed_with_faults_queued_is_replaced(tmp_path: Path) -> None:
     src = np.random.default_rng(8).standard_normal(2**21)
     path = str(tmp_path / "x.npy.zst")
     lazymem.save(path, src, chunk_bytes=2**18)
@@ -85,12 +91,9 @@ def test_monitor_killed_repeatedly_during_a_local_scan(tmp_path: Path) -> None:
         app.stdin.write("go\n")
         app.stdin.flush()
         os.kill(worker, signal.SIGKILL)  # a new worker must read them
-        out, err = app.communicate(timeout=120)
+        _finish(app, src)
     finally:
         app.kill()
-    assert app.returncode == 0, err
-    lines = dict(line.split(maxsplit=1) for line in out.splitlines() if line)
-    assert float(lines["total"]) == _expected(src)
 
 
 def test_in_process_requests_survive_a_monitor_restart(field) -> None:

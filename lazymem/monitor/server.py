@@ -129,6 +129,11 @@ class ServedRegion:
     def shared_view(self, offset: int, length: int) -> memoryview:
         return memoryview((ctypes.c_char * length).from_address(self.shared_address + offset)).cast("B")
 
+    def read_chunk(self, offset: int, out: memoryview) -> None:
+        """Fetch and decompress the array bytes at ``offset`` into ``out``. The sources retry
+        transient storage errors request by request: an error here means the retries are spent."""
+        self.reader.read_into(self.data_offset + offset, out)
+
     def page_present(self, offset: int) -> bool:
         """Whether the memfd holds the page at ``offset`` (SEEK_DATA finds page-cache pages)."""
         page = offset - offset % uffd.PAGE_SIZE
@@ -352,7 +357,7 @@ class Monitor:
             # see a half-written page: until CONTINUE, its touches fault (MINOR) and wait for us.
             try:
                 region.populate(offset, span)
-                self._fetch_with_retries(region, offset, region.shared_view(offset, data_bytes))
+                region.read_chunk(offset, region.shared_view(offset, data_bytes))
                 if data_bytes < span:
                     ctypes.memset(region.shared_address + offset + data_bytes, 0, span - data_bytes)
             except BaseException:
@@ -364,7 +369,7 @@ class Monitor:
         else:
             buf = self.buffers.get(span)
             try:
-                self._fetch_with_retries(region, offset, buf.view[:data_bytes])
+                region.read_chunk(offset, buf.view[:data_bytes])
                 if data_bytes < span:
                     buf.zero(data_bytes, span)  # the tail of the last page lies past the array
                 t1 = time.perf_counter()
@@ -394,11 +399,6 @@ class Monitor:
                 except OSError:
                     pass
             self._safe_wake(other, offset, span)
-
-    def _fetch_with_retries(self, region: ServedRegion, offset: int, out: memoryview) -> None:
-        # Sources retry transient storage errors themselves, request by request (lazymem.sources.retry):
-        # a FetchError here means the retries are spent.
-        region.reader.read_into(region.data_offset + offset, out)
 
     def _make_room(self, job: Job, span: int) -> None:
         """Evict chunks so that this install stays within the array's budget.
