@@ -41,14 +41,22 @@ class Journal:
         self.sock = sock
         self.lock = threading.Lock()
 
-    def record(self, kind: str, spec: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
+    def record(self, kind: str, spec: dict[str, Any], fds: tuple[int, ...] = (), *,
+               request: bytes | bytearray | None = None) -> None:
+        """Journal one change. A region travels as a pickled ``("register", spec)`` request:
+        ``request``, the app's own bytes when it has them (a 1 TiB array's frame table is 2 MiB:
+        pickling it again would double the cost of ``open``), else pickled here."""
         if kind == "region":
             # Opaque to the supervisor: unpickling a reader there could start threads (fsspec's
             # event loop) that a forked worker would then inherit broken ("not fork-safe").
-            spec = {**_summary(spec), "blob": pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)}
+            if request is None:
+                request = pickle.dumps(("register", spec), protocol=pickle.HIGHEST_PROTOCOL)
+            spec = _summary(spec)
         with self.lock:
             socket.send_fds(self.sock, [b"J"], list(fds))
             protocol.send_obj(self.sock, (kind, spec))
+            if request is not None:  # apart, not inside the pickle: no copy of its megabytes
+                protocol.send_blob(self.sock, request)
 
 
 def _summary(spec: dict[str, Any]) -> dict[str, Any]:
@@ -60,7 +68,7 @@ class Restored:
     """What a new worker takes over: the supervisor's copies of the fds, and the descriptions."""
 
     clients: dict[int, int] = field(default_factory=dict)  # client pid -> userfaultfd
-    regions: list[tuple[int, bytes]] = field(default_factory=list)  # (memfd, pickled register spec)
+    regions: list[tuple[int, bytes | bytearray]] = field(default_factory=list)  # (memfd, pickled register request)
 
 
 class _State:
@@ -105,6 +113,8 @@ def _read_record(link: socket.socket, state: _State) -> bool:
         return False
     try:
         kind, spec = protocol.recv_obj(link)
+        if kind == "region":
+            spec["blob"] = protocol.recv_blob(link)
     except (EOFError, OSError):  # the worker died in the middle of a record
         for fd in fds:
             os.close(fd)
