@@ -1,9 +1,10 @@
 """Eager loading: read a whole array into memory as fast as the cores decompress.
 
-The output is one ``np.empty`` array; frames that lie wholly inside the data decompress straight
+The output is one ``np.zeros`` array; frames that lie wholly inside the data decompress straight
 into their slice of it (no temporary, no copy), on a thread pool (python-zstandard releases the
-GIL). The compressed bytes come in large coalesced requests, fetched by the calling thread while
-the pool decompresses the previous batch; local files are mapped instead of read (no copy, see
+GIL). Frames of zeros are recognised without decoding and skipped: their pages stay untouched.
+The compressed bytes come in large coalesced requests, fetched by the calling thread while the pool
+decompresses the previous batch; local files are mapped instead of read (no copy, see
 :mod:`lazymem.sources.local_batches`).
 """
 
@@ -47,10 +48,14 @@ def _batches(source: FramedSource, indices: Sequence[int], batch_bytes: int) -> 
     return batches
 
 
-def _decode(source: FramedSource, index: int, blob: memoryview, data_start: int, out: memoryview) -> None:
+def _decode(
+    source: FramedSource, index: int, blob: memoryview, data_start: int, out: memoryview, zeroed: bool
+) -> None:
     offset = int(source.table.decompressed_offsets[index]) - data_start
     size = int(source.table.decompressed_sizes[index])
     if 0 <= offset and offset + size <= len(out):
+        if zeroed and source.is_zero_frame(index, blob):
+            return  # already zeros, and its pages stay untouched: no memory, no time
         source.decompress_into(index, blob, out[offset : offset + size])
     else:
         # Cut by the data's edges (a frame shared with the header, or trailing bytes): through a scratch.
@@ -87,8 +92,10 @@ def read_array(source: FramedSource, *, threads: int | None = None, out: np.ndar
         ``out``, or a fresh array with the header's dtype, shape and order.
     """
     header = source.header
+    # A fresh np.zeros is calloc'd (untouched pages cost nothing), so zero frames need no writing.
+    zeroed = out is None
     if out is None:
-        out = np.empty(header.shape, dtype=header.dtype, order=header.order)
+        out = np.zeros(header.shape, dtype=header.dtype, order=header.order)
     else:
         _check_out(out, header)
     if header.nbytes == 0:
@@ -110,9 +117,9 @@ def read_array(source: FramedSource, *, threads: int | None = None, out: np.ndar
         if threads == 1:
             for batch in batches:
                 for index, blob in zip(batch, fetch(batch)):
-                    _decode(source, index, blob, data_start, target)
+                    _decode(source, index, blob, data_start, target, zeroed)
         else:
-            _decode_on_pool(source, batches, fetch, data_start, target, threads)
+            _decode_on_pool(source, batches, fetch, data_start, target, threads, zeroed)
     finally:
         if local is not None:
             local.close()
@@ -126,6 +133,7 @@ def _decode_on_pool(
     data_start: int,
     target: memoryview,
     threads: int,
+    zeroed: bool,
 ) -> None:
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lazymem-load") as pool:
         previous: list[Future[Any]] = []
@@ -136,7 +144,8 @@ def _decode_on_pool(
                 for future in previous:
                     future.result()
                 previous = [
-                    pool.submit(_decode, source, index, blob, data_start, target) for index, blob in zip(batch, blobs)
+                    pool.submit(_decode, source, index, blob, data_start, target, zeroed)
+                    for index, blob in zip(batch, blobs)
                 ]
             for future in previous:
                 future.result()

@@ -3,7 +3,9 @@
 Layout: frame 0 holds the ``.npy`` header alone; frame ``k >= 1`` holds data bytes
 ``[(k-1) * chunk_bytes, k * chunk_bytes)`` (the last may be shorter); the zstd seek table ends the
 file. Because ``chunk_bytes`` is a multiple of the page size and the data starts a frame, every
-frame maps onto whole pages of the array, which is what the lazy loader installs.
+frame maps onto whole pages of the array, which is what the lazy loader installs. All-zero chunks
+are stored as frames of RLE zero blocks (:mod:`lazymem.sources.zero_frames`), which readers
+recognise without decompressing.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from lazymem.errors import UnsupportedDtypeError
 from lazymem.sources.frames import storage_errors
 from lazymem.sources.npy_header import npy_header_bytes
 from lazymem.sources.seekable_zstd import MAX_FRAMES, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC
+from lazymem.sources.zero_frames import zero_frame
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "save", "seek_table_bytes"]
 
@@ -159,6 +162,26 @@ def _compress(data: Any, level: int) -> bytes:
     return cctx.compress(data)
 
 
+_ZERO_CHECK_BELOW = 1 << 10
+"""Only chunks that compress below this can be all zeros (4 MiB of zeros: ~150 bytes), so ordinary
+data never pays for the check."""
+
+
+def _all_zeros(chunk: Any) -> bool:
+    data = np.frombuffer(chunk, dtype=np.uint8)
+    words = len(data) // 8
+    # As u64 numpy compares 8 bytes per step; the few bytes past the last whole word separately.
+    return not data[: words * 8].view(np.uint64).any() and not data[words * 8 :].any()
+
+
+def _compress_chunk(chunk: Any, level: int) -> bytes:
+    """A data chunk's frame; all-zero chunks as the zero frame readers recognise without decoding."""
+    frame = _compress(chunk, level)
+    if len(frame) < _ZERO_CHECK_BELOW and _all_zeros(chunk):
+        return zero_frame(len(chunk))
+    return frame
+
+
 def _write_frames(
     out: BinaryIO, header: bytes, chunks: Iterator[Any], level: int, threads: int
 ) -> tuple[list[int], list[int]]:
@@ -174,14 +197,14 @@ def _write_frames(
     emit(_compress(header, level), len(header))
     if threads <= 1:
         for chunk in chunks:
-            emit(_compress(chunk, level), len(chunk))
+            emit(_compress_chunk(chunk, level), len(chunk))
         return compressed_sizes, decompressed_sizes
     # Bounded in flight: memory stays O(threads x chunk_bytes) however big the array.
     pending: deque[tuple[Future[bytes], int]] = deque()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lazymem-save") as pool:
         try:
             for chunk in chunks:
-                pending.append((pool.submit(_compress, chunk, level), len(chunk)))
+                pending.append((pool.submit(_compress_chunk, chunk, level), len(chunk)))
                 if len(pending) >= 2 * threads:
                     future, size = pending.popleft()
                     emit(future.result(), size)

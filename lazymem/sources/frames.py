@@ -4,7 +4,7 @@ A *source* presents an object in storage as a flat decompressed stream (a comple
 cut into frames. Each frame is one contiguous range of stored bytes that decodes, on its own, into
 one contiguous range of the stream. Seekable zstd files have real frames; a plain ``.npy`` file gets
 synthetic ones (stored bytes = stream bytes). The monitor and the eager loader only ever see this
-interface: ``table``, ``fetch``, ``decompress_into`` and ``read_into``.
+interface: ``table``, ``fetch``, ``decompress_into``, ``is_zero_frame`` and ``read_into``.
 """
 
 from __future__ import annotations
@@ -380,6 +380,14 @@ class FramedSource:
         """
         raise NotImplementedError
 
+    def is_zero_frame(self, index: int, compressed: bytes | memoryview) -> bool:
+        """Whether frame ``index`` certainly decodes to zeros, judged from its stored bytes alone.
+
+        Cheap (no decoding) and strict: False for anything that might not be exactly zeros, corrupt
+        frames included. Formats without such frames always say False.
+        """
+        return False
+
     def _decode_overlap(self, index: int, blob: memoryview, start: int, out: memoryview) -> None:
         """Put the part of frame ``index`` that falls in ``[start, start + len(out))`` into ``out``."""
         frame_start = int(self.table.decompressed_offsets[index])
@@ -395,7 +403,7 @@ class FramedSource:
         hi = min(frame_start + frame_size, stop)
         out[lo - start : hi - start] = memoryview(scratch)[lo - frame_start : hi - frame_start]
 
-    def read_into(self, start: int, out: Any) -> None:
+    def read_into(self, start: int, out: Any, *, skip_zeros: bool = False) -> bool:
         """Fill ``out`` with decompressed stream bytes ``[start, start + len(out))``.
 
         Frames wholly inside the range decode straight into ``out``; the (at most two) frames cut by
@@ -407,6 +415,15 @@ class FramedSource:
             Stream offset of the first byte wanted.
         out : writable buffer
             Receives the bytes; its length sets how many.
+        skip_zeros : bool
+            If every frame holding the range is a zero frame (see :meth:`is_zero_frame`), leave
+            ``out`` untouched and return True: the caller can map zero pages instead of copying.
+
+        Returns
+        -------
+        bool
+            True if the range is all zeros and ``out`` was left untouched (only with
+            ``skip_zeros``); False if ``out`` was filled.
 
         Raises
         ------
@@ -423,5 +440,8 @@ class FramedSource:
         indices = [i for i in self.table.frames_for(start, stop) if sizes[i] > 0]
         # max_gap: empty frames between wanted ones cost a few bytes, not a second request.
         blobs = self.fetch_views(indices, max_gap=1 << 16)
+        if skip_zeros and indices and all(self.is_zero_frame(i, blob) for i, blob in zip(indices, blobs)):
+            return True
         for index, blob in zip(indices, blobs):
             self._decode_overlap(index, blob, start, view)
+        return False

@@ -99,11 +99,15 @@ class RawNpyReader(FramedSource):
             raise CorruptChunkError(f"{self.path}: frame {index}: got {len(compressed)} bytes, expected {expected}")
         view[:] = compressed
 
-    def read_into(self, start: int, out: Any) -> None:
-        """Fill ``out`` with file bytes ``[start, start + len(out))`` in one request."""
+    def read_into(self, start: int, out: Any, *, skip_zeros: bool = False) -> bool:
+        """Fill ``out`` with file bytes ``[start, start + len(out))`` in one request.
+
+        Returns False: ``out`` is always filled (telling zeros apart would cost reading them anyway).
+        """
         view = byte_view(out)
         stop = start + len(view)
         if start < 0 or stop > self.stream_size:
             raise ValueError(f"range [{start}, {stop}) is outside the stream [0, {self.stream_size})")
         if view:
             view[:] = self._cat(start, stop)
+        return False

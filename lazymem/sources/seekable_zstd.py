@@ -33,6 +33,7 @@ from lazymem.errors import (
 
 from .frames import FramedSource, FrameTable, byte_view, object_size
 from .npy_header import NpyHeader, npy_header_length, parse_npy_header
+from .zero_frames import ZSTD_MAGIC, is_zero_frame, parse_frame_header
 
 __all__ = [
     "FOOTER_SIZE",
@@ -45,8 +46,6 @@ __all__ = [
     "seek_table_size",
 ]
 
-ZSTD_MAGIC = 0xFD2FB528
-"""First four bytes (little-endian) of a zstd frame."""
 SKIPPABLE_MAGIC_MASK = 0xFFFFFFF0
 SKIPPABLE_MAGIC_BASE = 0x184D2A50
 """Skippable frames start with any of 0x184D2A50..0x184D2A5F."""
@@ -230,22 +229,8 @@ def _frame_extent(frame: memoryview) -> tuple[int, int | None, bool]:
         if stored > n:
             raise ValueError(f"skippable frame cut short: it needs {stored} bytes, it has {n}")
         return stored, 0, True
-    if magic != ZSTD_MAGIC:
-        raise ValueError(f"not a zstd frame (magic 0x{magic:08X})")
-    if n < 5:
-        raise ValueError("zstd frame cut inside its header")
-    descriptor = frame[4]
-    if descriptor & 0x08:
-        raise ValueError("zstd frame header sets its reserved bit")
-    single_segment = (descriptor >> 5) & 1
-    pos = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 3]
-    fcs_size = (single_segment, 2, 4, 8)[descriptor >> 6]
-    if pos + fcs_size > n:
-        raise ValueError("zstd frame cut inside its header")
-    content_size = None
-    if fcs_size:
-        content_size = int.from_bytes(frame[pos : pos + fcs_size], "little") + (256 if fcs_size == 2 else 0)
-    pos += fcs_size
+    header = parse_frame_header(frame)
+    pos, content_size = header.size, header.content_size
     if _native_frame_size is not None:
         try:
             return _native_frame_size(frame), content_size, False
@@ -269,8 +254,8 @@ def _frame_extent(frame: memoryview) -> tuple[int, int | None, bool]:
             pos += 3 + (block >> 3)
         if block & 1:
             break
-    if descriptor & 0x04:
-        pos += 4  # content checksum
+    if header.checksummed:
+        pos += 4
     if pos > n:
         raise ValueError(f"zstd frame cut short: its blocks need {pos} bytes, it has {n}")
     return pos, content_size, False
@@ -503,11 +488,21 @@ class SeekableZstdReader(FramedSource):
         offset = int(self.table.compressed_offsets[index])
         return CorruptChunkError(f"{self.path}: frame {index} (stored at byte {offset}) is corrupt: {reason}")
 
+    def is_zero_frame(self, index: int, compressed: bytes | memoryview) -> bool:
+        """Whether frame ``index`` is a frame of RLE zeros, decoding to exactly its declared size.
+
+        See :func:`lazymem.sources.zero_frames.is_zero_frame`: corrupt frames are never zero frames.
+        """
+        size = int(self.table.decompressed_sizes[index])
+        return len(compressed) == int(self.table.compressed_sizes[index]) and is_zero_frame(compressed, size)
+
     def decompress_into(self, index: int, compressed: bytes | memoryview, out: Any) -> None:
         """Decompress frame ``index`` straight into ``out``.
 
         Never writes more than the frame's declared size; verifies the content checksum if the
         frame has one; refuses trailing bytes and short frames. Releases the GIL while decompressing.
+        A frame of RLE zeros (what :func:`lazymem.save` writes for all-zero chunks) is recognised
+        from its block headers and filled with zeros without decoding.
 
         Parameters
         ----------
@@ -532,6 +527,9 @@ class SeekableZstdReader(FramedSource):
         stored = int(self.table.compressed_sizes[index])
         if len(compressed) != stored:
             raise self._corrupt(index, f"got {len(compressed)} stored bytes, the seek table says {stored}")
+        if self.is_zero_frame(index, compressed):
+            np.frombuffer(view, dtype=np.uint8).fill(0)
+            return
         try:
             decode_frame_into(compressed, view)
         except (ValueError, zstandard.ZstdError) as exc:
