@@ -30,6 +30,16 @@ def valid() -> bytes:
         return path.read_bytes()
 
 
+def with_zero_chunks() -> bytes:
+    """SRC's size, with data chunk 1 (frame 2) all zeros, so stored as a zero frame."""
+    src = SRC.copy()
+    src.reshape(-1)[1024:2048] = 0
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "z.npy.zst"
+        lazymem.save(str(path), src, chunk_bytes=4096)
+        return path.read_bytes()
+
+
 def table_of(data: bytes):
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "t.npy.zst"
@@ -82,6 +92,17 @@ def main() -> None:
     huge = huge.ljust(127) + b"\n"
     huge_frames = [cctx.compress(huge)]
     write("absurd-shape", huge_frames[0] + seek_table([(len(huge_frames[0]), 128)]), BOTH_FAIL)
+    # Zero frames (RLE blocks of 0, recognised without decoding) with one byte flipped: errors, never zeros.
+    with_zeros = with_zero_chunks()
+    zeros_table = table_of(with_zeros)
+    zero_start = int(zeros_table.compressed_offsets[2])
+    zero_end = zero_start + int(zeros_table.compressed_sizes[2])
+    rle_byte = bytearray(with_zeros)
+    rle_byte[zero_end - 5] ^= 0x01  # the last block's byte (its 4 checksum bytes follow)
+    write("zero-frame-flipped-rle-byte", bytes(rle_byte), BOTH_FAIL)
+    checksum = bytearray(with_zeros)
+    checksum[zero_end - 1] ^= 0x01
+    write("zero-frame-flipped-checksum", bytes(checksum), BOTH_FAIL)
 
 
 if __name__ == "__main__":
