@@ -8,13 +8,15 @@ copies) come back as plain ndarrays.
 from __future__ import annotations
 
 import operator
+import os
 from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
 from .config import default_max_resident, parse_size
-from .errors import ClosedArrayError
+from .errors import ClosedArrayError, HugePagesUnavailableError
+from .kernel import userfaultfd as uffd
 from .kernel.userfaultfd import PAGE_SIZE, round_up
 from .monitor.client import get_client
 from .region import Region
@@ -45,6 +47,8 @@ class Stats:
     resident_bytes: int
     """Array bytes resident now."""
     readahead_chunks: int
+    zero_chunks: int
+    """Chunks stored as zero frames: installed as zero pages, nothing decompressed or copied."""
     evictions: int
     failures: int
     fetch_seconds: float
@@ -297,6 +301,7 @@ def open(
     readahead: int | None = None,
     max_resident: int | str | None = None,
     max_in_flight: int | None = None,
+    huge_pages: bool | None = None,
 ) -> LazyArray:
     """Open a compressed array lazily.
 
@@ -324,6 +329,14 @@ def open(
         monitor's worker count for local files. On S3 the connection pool bounds it too
         (botocore's ``max_pool_connections``, 10 by default): for more, pass
         ``storage_options={"config_kwargs": {"max_pool_connections": 32}}``.
+    huge_pages : bool, optional
+        Back the array with huge pages from the kernel's hugetlbfs pool (``vm.nr_hugepages``,
+        which the administrator sets aside). Installs then copy whole 2 MiB pages, about 5x
+        faster than 4 KiB pages (measured in ``benchmarks/``), and the CPU's TLB covers more of
+        the array. The whole array is reserved from the pool at open (or
+        :class:`HugePagesUnavailableError`), so ``max_resident`` does not apply; chunks become a
+        multiple of the huge page size. Default: ``$LAZYMEM_HUGE_PAGES`` (``1`` turns it on), else
+        off.
 
     Returns
     -------
@@ -347,9 +360,15 @@ def open(
         empty.flags.writeable = False
         return empty
     budget = parse_size(max_resident) if max_resident is not None else default_max_resident()
+    huge_page = _huge_page_size(huge_pages)
     client = get_client()
     chunk_size = _choose_chunk_bytes(reader, header.nbytes, chunk_bytes)
-    region = Region(client, header.nbytes, name=f"lazymem:{url}")
+    if huge_page:
+        if chunk_bytes is not None and chunk_bytes % huge_page:
+            raise ValueError(f"with huge pages, chunk_bytes must be a multiple of {huge_page} (got {chunk_bytes})")
+        chunk_size = round_up(chunk_size, huge_page)
+        budget = header.nbytes  # reserved from the pool at open: no eviction to stay within a budget
+    region = Region(client, header.nbytes, name=f"lazymem:{url}", huge_page=huge_page)
     try:
         region.announce(reader=reader, data_offset=header.data_offset, chunk_size=chunk_size,
                         url=url, readahead=_readahead(readahead, reader.fs),
@@ -366,8 +385,20 @@ def open(
     )
     arr._lazy = _Handle(region, url, chunk_size, region.address, storage_options,
                         {"chunk_bytes": chunk_bytes, "readahead": readahead, "max_resident": max_resident,
-                         "max_in_flight": max_in_flight})
+                         "max_in_flight": max_in_flight, "huge_pages": huge_pages})
     return arr
+
+
+def _huge_page_size(requested: bool | None) -> int:
+    """The huge page size to back an array with, or 0 for ordinary pages."""
+    if requested is None:
+        requested = os.environ.get("LAZYMEM_HUGE_PAGES", "").strip().lower() in ("1", "true", "yes", "on")
+    if not requested:
+        return 0
+    size, _free = uffd.huge_pages()
+    if not size:
+        raise HugePagesUnavailableError("huge_pages=True, but this kernel offers no huge pages (no hugetlbfs)")
+    return size
 
 
 def _readahead(requested: int | None, fs: Any) -> int:

@@ -56,6 +56,10 @@ class ClosedArrayError(LazymemError, ValueError):
     """The array was closed; its memory is gone."""
 
 
+class HugePagesUnavailableError(LazymemError, MemoryError):
+    """``huge_pages=True``, but the huge page pool cannot hold the array (``vm.nr_hugepages``)."""
+
+
 class UnsupportedStorageError(LazymemError, ValueError):
     """The storage cannot serve a lazily loaded array (``memory://`` exists in this process alone)."""
 

@@ -8,12 +8,14 @@ the region (and waits until no install can still land there), then unregisters a
 from __future__ import annotations
 
 import ctypes
+import errno
 import itertools
 import os
 import threading
 import weakref
 from typing import Any
 
+from .errors import HugePagesUnavailableError
 from .kernel import userfaultfd as uffd
 from .monitor.client import MonitorClient
 
@@ -21,11 +23,11 @@ _region_ids = itertools.count(1)
 _live: weakref.WeakSet[Region] = weakref.WeakSet()
 
 
-def _register_mode(client: MonitorClient) -> int:
+def _register_mode(zero_copy: bool) -> int:
     # MINOR too for zero-copy installs: the monitor fills the memfd's page cache itself, and the
     # app must fault on those pages (and wait) until UFFDIO_CONTINUE says a whole chunk is there.
     mode = uffd.UFFDIO_REGISTER_MODE_MISSING
-    return mode | uffd.UFFDIO_REGISTER_MODE_MINOR if client.zero_copy else mode
+    return mode | uffd.UFFDIO_REGISTER_MODE_MINOR if zero_copy else mode
 
 
 def live_regions() -> list[Region]:
@@ -34,30 +36,54 @@ def live_regions() -> list[Region]:
 
 
 class Region:
-    """``length`` bytes of lazily filled, read-only memory at ``address``."""
+    """``length`` bytes of lazily filled, read-only memory at ``address``.
 
-    def __init__(self, client: MonitorClient, nbytes: int, name: str = "lazymem") -> None:
+    With ``huge_page`` (a huge page size), the memfd lives in hugetlbfs: installs copy whole
+    2 MiB pages from the reserved pool (~5x faster than 4 KiB shared-memory pages here, and
+    memory the VM has backed already), and the whole array is reserved from the pool at once.
+    """
+
+    def __init__(self, client: MonitorClient, nbytes: int, name: str = "lazymem", huge_page: int = 0) -> None:
         self.client = client
         self.nbytes = nbytes
-        self.length = uffd.round_up(max(nbytes, 1))
+        self.huge_page = huge_page
+        self.page_size = huge_page or uffd.PAGE_SIZE
+        self.zero_copy = client.zero_copy and not huge_page  # MINOR installs are for shmem only
+        self.length = uffd.round_up(max(nbytes, 1), self.page_size)
         self.region_id = next(_region_ids)
         self.pid = os.getpid()
-        self.memfd = os.memfd_create(name[:200], os.MFD_CLOEXEC)
+        self.memfd = os.memfd_create(name[:200], os.MFD_CLOEXEC | (os.MFD_HUGETLB if huge_page else 0))
         self.address = 0
         self.closed = False
         self._lock = threading.Lock()
         try:
             os.ftruncate(self.memfd, self.length)
-            # MAP_NORESERVE: a 1 TiB array costs memory only for what is installed.
-            self.address = uffd.map_shared(self.memfd, self.length, prot=uffd.PROT_READ)
+            self.address = self._map()
             # A forked child must never see this range unregistered (it would read zeros, and with
             # a memfd put zero pages into the shared page cache): make the child not inherit it.
             uffd.madvise(self.address, self.length, uffd.MADV_DONTFORK)
-            uffd.register(client.uffd, self.address, self.length, _register_mode(client))
+            uffd.register(client.uffd, self.address, self.length, _register_mode(self.zero_copy))
         except BaseException:
             self._unmap()
             raise
         _live.add(self)
+
+    def _map(self, address: int = 0) -> int:
+        # MAP_NORESERVE: a 1 TiB array costs memory only for what is installed. Huge pages are
+        # reserved instead: an install must never find the pool empty halfway through a scan.
+        try:
+            return uffd.map_shared(self.memfd, self.length, prot=uffd.PROT_READ, address=address,
+                                   reserve=bool(self.huge_page))
+        except OSError as exc:
+            if not self.huge_page or exc.errno != errno.ENOMEM:
+                raise
+            need = self.length // self.huge_page
+            _, free = uffd.huge_pages()
+            raise HugePagesUnavailableError(
+                f"huge_pages=True needs {need} free huge pages of {self.huge_page >> 20} MiB for this "
+                f"array, the pool has {free} free and unreserved: reserve more (sysctl vm.nr_hugepages) "
+                "or open it without huge pages"
+            ) from exc
 
     @property
     def usable(self) -> bool:
@@ -66,10 +92,10 @@ class Region:
     def remap_in_child(self, client: MonitorClient) -> None:
         """In a forked child: map the memfd again at the same address, register it with ``client``."""
         self._lock = threading.Lock()  # another thread may have held it at the fork
-        uffd.map_shared(self.memfd, self.length, prot=uffd.PROT_READ, address=self.address)
+        self._map(self.address)
         self.pid = os.getpid()  # from here on the mapping is this process's to undo
         uffd.madvise(self.address, self.length, uffd.MADV_DONTFORK)
-        uffd.register(client.uffd, self.address, self.length, _register_mode(client))
+        uffd.register(client.uffd, self.address, self.length, _register_mode(self.zero_copy))
         self.client = client
 
     def forget_in_child(self) -> None:
@@ -98,7 +124,8 @@ class Region:
             readahead=readahead,
             max_resident=max_resident,
             max_in_flight=max_in_flight,
-            zero_copy=self.client.zero_copy,
+            zero_copy=self.zero_copy,
+            page_size=self.page_size,
         )
 
     def buffer(self) -> memoryview:

@@ -450,3 +450,22 @@ def test_plain_npy_never_reports_zeros(tmp_path: Path) -> None:
     out = bytearray(b"\xaa" * PAGE)
     assert source.read_into(source.data_offset, out, skip_zeros=True) is False
     assert out == bytes(PAGE)
+
+
+def test_the_monitor_installs_zero_chunks_as_zero_pages(tmp_path: Path) -> None:
+    # 12 chunks of 256 KiB; 0, 5, 6 and the last (short) one hold zeros only.
+    src = np.random.default_rng(5).standard_normal(12 * 2**15 - 100)
+    per_chunk = 2**15
+    for chunk in (0, 5, 6, 11):
+        src[chunk * per_chunk:(chunk + 1) * per_chunk] = 0.0
+    src[11 * per_chunk - 1] = 1.0  # the element just before the zero tail chunk is not zero
+    path = str(tmp_path / "z.npy.zst")
+    lazymem.save(path, src, chunk_bytes=2**18)
+    a = lazymem.open(path, readahead=0)
+    assert a[5 * per_chunk + 77] == 0.0 and a[4 * per_chunk + 3] == src[4 * per_chunk + 3]
+    assert lazymem.stats(a).zero_chunks == 1 and lazymem.stats(a).chunks_installed == 2
+    assert_same_array(np.asarray(a), src)
+    s = lazymem.stats(a)
+    assert s.zero_chunks == 4 and s.chunks_installed == 12
+    a.evict()  # punched out and loaded again: still zeros, still right
+    assert_same_array(np.asarray(a[::-1]), src[::-1])

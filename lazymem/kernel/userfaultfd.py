@@ -278,14 +278,14 @@ def wake(fd: int, start: int, length: int) -> None:
 
 
 def _fill(fd: int, request: int, arg: ctypes.Structure, result: str, start: int, length: int,
-          aim: Callable[[int], None], *, wake_waiters: bool) -> int:
+          aim: Callable[[int], None], *, wake_waiters: bool, page: int = PAGE_SIZE) -> int:
     """Run a range-filling ioctl (COPY, ZEROPAGE, CONTINUE, POISON) over the whole range.
 
     ``aim(done)`` points ``arg`` at the rest of the range. EAGAIN (partial progress; the ``result``
     field says how much) and EINTR are retried from where the kernel stopped. EEXIST (a page of the
     range is already present, e.g. installed through another mapping of the same memfd) skips that
-    page; since the kernel may then not have woken its waiters, the range is woken at the end.
-    Returns the bytes newly filled.
+    page (``page`` bytes: huge pages come whole); since the kernel may then not have woken its
+    waiters, the range is woken at the end. Returns the bytes newly filled.
     """
     done = filled = 0
     skipped = False
@@ -302,7 +302,7 @@ def _fill(fd: int, request: int, arg: ctypes.Structure, result: str, start: int,
         if err in (errno.EAGAIN, errno.EINTR):
             continue
         if err == errno.EEXIST:
-            done += PAGE_SIZE
+            done += page
             skipped = True
             continue
         raise OSError(err, os.strerror(err))
@@ -318,15 +318,17 @@ def _aim_range(arg: ctypes.Structure, start: int, length: int, mode: int) -> Cal
     return aim
 
 
-def copy(fd: int, dst: int, src: int, length: int, *, wake_waiters: bool = True) -> int:
-    """``UFFDIO_COPY`` ``length`` bytes from ``src`` (ours) to ``dst`` (the registered range)."""
+def copy(fd: int, dst: int, src: int, length: int, *, wake_waiters: bool = True, page: int = PAGE_SIZE) -> int:
+    """``UFFDIO_COPY`` ``length`` bytes from ``src`` (ours) to ``dst`` (the registered range).
+
+    ``page``: the range's page size (a hugetlbfs mapping takes whole huge pages, aligned)."""
     arg = uffdio_copy()
     mode = 0 if wake_waiters else UFFDIO_COPY_MODE_DONTWAKE
 
     def aim(done: int) -> None:
         arg.dst, arg.src, arg.len, arg.mode = dst + done, src + done, length - done, mode
 
-    return _fill(fd, UFFDIO_COPY, arg, "copy", dst, length, aim, wake_waiters=wake_waiters)
+    return _fill(fd, UFFDIO_COPY, arg, "copy", dst, length, aim, wake_waiters=wake_waiters, page=page)
 
 
 def zeropage(fd: int, start: int, length: int, *, wake_waiters: bool = True) -> int:
@@ -343,11 +345,11 @@ def continue_range(fd: int, start: int, length: int, *, wake_waiters: bool = Tru
     return _fill(fd, UFFDIO_CONTINUE, arg, "mapped", start, length, aim, wake_waiters=wake_waiters)
 
 
-def poison(fd: int, start: int, length: int) -> None:
+def poison(fd: int, start: int, length: int, *, page: int = PAGE_SIZE) -> None:
     """Make reads of the range raise SIGBUS (pages already present are left alone), then wake."""
     arg = uffdio_poison()
     _fill(fd, UFFDIO_POISON, arg, "updated", start, length, _aim_range(arg, start, length, 0),
-          wake_waiters=False)
+          wake_waiters=False, page=page)
     wake(fd, start, length)
 
 
@@ -362,9 +364,12 @@ def read_messages(fd: int, max_messages: int = 64) -> list[PageFault | OtherEven
 
 # --- memory --------------------------------------------------------------------------------------
 
-def map_shared(fd: int, length: int, *, prot: int = PROT_READ, address: int = 0) -> int:
-    """``mmap`` a memfd ``MAP_SHARED | MAP_NORESERVE``; with ``address``, exactly there or fail."""
-    flags = MAP_SHARED | MAP_NORESERVE | (MAP_FIXED_NOREPLACE if address else 0)
+def map_shared(fd: int, length: int, *, prot: int = PROT_READ, address: int = 0, reserve: bool = False) -> int:
+    """``mmap`` a memfd ``MAP_SHARED | MAP_NORESERVE``; with ``address``, exactly there or fail.
+
+    ``reserve``: without ``MAP_NORESERVE``, so that a hugetlbfs memfd reserves its huge pages now
+    (``ENOMEM`` if the pool is short) rather than failing an install later."""
+    flags = MAP_SHARED | (0 if reserve else MAP_NORESERVE) | (MAP_FIXED_NOREPLACE if address else 0)
     addr = _libc.mmap(ctypes.c_void_p(address or None), length, prot, flags, fd, 0)
     if addr is None or addr == MAP_FAILED:
         err = ctypes.get_errno()
@@ -394,6 +399,16 @@ def madvise(address: int, length: int, advice: int) -> None:
 def punch_hole(fd: int, offset: int, length: int) -> None:
     """Free ``[offset, offset+length)`` of a memfd; every mapping of it faults there again."""
     _check(_libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length))
+
+
+def huge_pages() -> tuple[int, int]:
+    """The default huge page size and how many of them the pool has free and not reserved."""
+    fields: dict[str, int] = {}
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            name, _, value = line.partition(":")
+            fields[name] = int(value.split()[0])
+    return fields.get("Hugepagesize", 0) * 1024, fields.get("HugePages_Free", 0) - fields.get("HugePages_Rsvd", 0)
 
 
 def round_up(n: int, multiple: int = PAGE_SIZE) -> int:

@@ -54,6 +54,7 @@ class RegionStats:
     bytes_fetched: int = 0
     bytes_decompressed: int = 0
     readahead_chunks: int = 0
+    zero_chunks: int = 0
     evictions: int = 0
     failures: int = 0
     fetch_seconds: float = 0.0
@@ -97,6 +98,7 @@ class ServedRegion:
     spec: dict[str, Any] = field(default_factory=dict)  # as registered, to clone for forked children
     group: tuple[int, int] = (0, 0)  # regions over one memfd (an array and its forked clones)
     budget: int | None = None  # most array bytes resident at once (None: no limit)
+    page_size: int = uffd.PAGE_SIZE  # a huge page size for hugetlbfs memfds
     state: bytearray = field(init=False)
     resident_set: ResidentSet = field(init=False)
     shared_address: int = 0  # our read-write mapping of the memfd (zero-copy installs), or 0
@@ -136,13 +138,22 @@ class ServedRegion:
     def shared_view(self, offset: int, length: int) -> memoryview:
         return memoryview((ctypes.c_char * length).from_address(self.shared_address + offset)).cast("B")
 
-    def read_chunk(self, offset: int, out: memoryview) -> None:
-        """Fetch and decompress the array bytes at ``offset`` into ``out``. The sources retry
-        transient storage errors request by request: an error here means the retries are spent."""
-        self.reader.read_into(self.data_offset + offset, out)
+    def read_chunk(self, offset: int, out: memoryview) -> bool:
+        """Fetch and decompress the array bytes at ``offset`` into ``out``; or, if they are stored
+        as zero frames, return True and leave ``out`` alone. The sources retry transient storage
+        errors request by request: an error here means the retries are spent."""
+        return bool(self.reader.read_into(self.data_offset + offset, out, skip_zeros=True))
+
+    @property
+    def huge(self) -> bool:
+        return self.page_size != uffd.PAGE_SIZE
 
     def page_present(self, offset: int) -> bool:
-        """Whether the memfd holds the page at ``offset`` (SEEK_DATA finds page-cache pages)."""
+        """Whether the memfd holds the page at ``offset`` (SEEK_DATA finds page-cache pages).
+
+        hugetlbfs has no SEEK_DATA (it calls the whole file data): there the chunk's state decides."""
+        if self.huge:
+            return True
         page = offset - offset % uffd.PAGE_SIZE
         try:
             return os.lseek(self.memfd, page, os.SEEK_DATA) == page
@@ -150,7 +161,12 @@ class ServedRegion:
             return False
 
     def chunk_complete(self, chunk: int) -> bool:
-        """Whether every page of the chunk is in the memfd (SEEK_HOLE finds the first gap)."""
+        """Whether every page of the chunk is in the memfd (SEEK_HOLE finds the first gap).
+
+        Unknowable on hugetlbfs (no SEEK_HOLE): False, and the chunk installs again on its next
+        fault, skipping the huge pages already there (EEXIST)."""
+        if self.huge:
+            return False
         offset, _, span = self.chunk_span(chunk)
         try:
             return os.lseek(self.memfd, offset, os.SEEK_HOLE) >= offset + span
@@ -367,9 +383,9 @@ class Monitor:
             # then map those pages into the app with UFFDIO_CONTINUE (MINOR mode). The app cannot
             # see a half-written page: until CONTINUE, its touches fault (MINOR) and wait for us.
             try:
-                region.populate(offset, span)
-                region.read_chunk(offset, region.shared_view(offset, data_bytes))
-                if data_bytes < span:
+                region.populate(offset, span)  # zeroed pages: a zero chunk is complete already
+                zeros = region.read_chunk(offset, region.shared_view(offset, data_bytes))
+                if data_bytes < span and not zeros:
                     ctypes.memset(region.shared_address + offset + data_bytes, 0, span - data_bytes)
             except BaseException:
                 uffd.punch_hole(region.memfd, offset, span)  # drop the partial chunk
@@ -380,17 +396,24 @@ class Monitor:
         else:
             buf = self.buffers.get(span)
             try:
-                region.read_chunk(offset, buf.view[:data_bytes])
-                if data_bytes < span:
+                zeros = region.read_chunk(offset, buf.view[:data_bytes])
+                if zeros and region.huge:  # hugetlbfs has no UFFDIO_ZEROPAGE: copy zeros
+                    buf.zero(0, span)
+                elif not zeros and data_bytes < span:
                     buf.zero(data_bytes, span)  # the tail of the last page lies past the array
+                install_zeros = zeros and not region.huge
                 t1 = time.perf_counter()
                 # Install without waking, book-keep, then wake: whatever the woken thread asks next
                 # (stats, prefetch) already sees the chunk as present. A reader waiting inside the
                 # chunk gets its piece first (see FIRST_PIECE).
                 target = region.start + offset
-                pieces = _pieces(span, job.fault_at)
+                pieces = _pieces(span, job.fault_at, max(FIRST_PIECE, region.page_size))
                 for lo, hi in pieces:
-                    uffd.copy(region.client.uffd, target + lo, buf.address + lo, hi - lo, wake_waiters=False)
+                    if install_zeros:  # stored as zero frames: nothing decompressed, nothing to copy
+                        uffd.zeropage(region.client.uffd, target + lo, hi - lo, wake_waiters=False)
+                    else:
+                        uffd.copy(region.client.uffd, target + lo, buf.address + lo, hi - lo, wake_waiters=False,
+                                  page=region.page_size)
                     if len(pieces) > 1 and lo <= job.fault_at < hi:
                         job.woken = True
                         uffd.wake(region.client.uffd, target + lo, hi - lo)
@@ -400,6 +423,7 @@ class Monitor:
         stats = region.stats
         with region.lock:
             stats.chunks_installed += 1
+            stats.zero_chunks += zeros
             stats.bytes_decompressed += data_bytes
             stats.bytes_fetched += _stored_bytes(region.reader, region.data_offset + offset, data_bytes)
             stats.fetch_seconds += t1 - t0
@@ -483,7 +507,7 @@ class Monitor:
 
     def _poison(self, region: ServedRegion, offset: int, span: int) -> None:
         try:
-            uffd.poison(region.client.uffd, region.start + offset, span)
+            uffd.poison(region.client.uffd, region.start + offset, span, page=region.page_size)
         except OSError as exc:
             # Without UFFDIO_POISON the blocked thread would wait forever: kill the app loudly.
             print(f"lazymem monitor: UFFDIO_POISON failed ({exc}); sending SIGBUS to the app", file=sys.stderr)
@@ -578,7 +602,8 @@ class Monitor:
         owner = self._client(spec["client"])
         region = ServedRegion(owner, spec["region_id"], spec["start"], spec["length"], spec["nbytes"],
                               spec["data_offset"], spec["chunk_size"], spec["reader"], memfd, spec["url"],
-                              spec["readahead"], spec=spec, budget=spec.get("max_resident"))
+                              spec["readahead"], spec=spec, budget=spec.get("max_resident"),
+                              page_size=spec.get("page_size", uffd.PAGE_SIZE))
         region.fetches = FetchSlots(_max_in_flight(spec))
         self._ensure_workers(self.base_workers + (region.fetches.limit or 0))
         key = (spec["client"], spec["region_id"])
@@ -639,7 +664,8 @@ class Monitor:
             members = self.groups.get(region.group, [])
             if region in members:
                 members.remove(region)
-            if not members:
+            last = not members
+            if last:
                 self.groups.pop(region.group, None)
         with region.lock:
             region.closed = True
@@ -647,6 +673,15 @@ class Monitor:
         for job in pending:
             job.done.wait()
         region.unmap_shared()
+        if last:
+            # Free the memory now, not when the supervisor gets to its journal and closes its copy
+            # of the memfd: an array opened next may need it. Truncating, not punching: it also
+            # gives back the huge pages reserved for chunks never loaded. No view of the array is
+            # left (this is its finalizer's request), so nothing reads past the new end.
+            try:
+                os.ftruncate(region.memfd, 0)
+            except OSError:
+                pass
         os.close(region.memfd)
         if self.journal:
             self.journal.record("close", {"client": client, "region_id": region_id})
@@ -740,12 +775,12 @@ class Monitor:
             self.journal.record("drop", {"pid": client.pid})
 
 
-def _pieces(span: int, fault_at: int) -> list[tuple[int, int]]:
-    """The chunk's ``[0, span)`` in install order: the FIRST_PIECE holding ``fault_at``, then the rest."""
-    if not 0 <= fault_at < span or span <= FIRST_PIECE:
+def _pieces(span: int, fault_at: int, piece: int = FIRST_PIECE) -> list[tuple[int, int]]:
+    """The chunk's ``[0, span)`` in install order: the ``piece`` holding ``fault_at``, then the rest."""
+    if not 0 <= fault_at < span or span <= piece:
         return [(0, span)]
-    lo = fault_at - fault_at % FIRST_PIECE
-    hi = min(lo + FIRST_PIECE, span)
+    lo = fault_at - fault_at % piece
+    hi = min(lo + piece, span)
     return [(lo, hi)] + [(a, b) for a, b in ((0, lo), (hi, span)) if a < b]
 
 

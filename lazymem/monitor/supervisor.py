@@ -60,7 +60,8 @@ class Journal:
 
 
 def _summary(spec: dict[str, Any]) -> dict[str, Any]:
-    return {k: spec[k] for k in ("client", "region_id", "start", "length", "url")}
+    summary = {k: spec[k] for k in ("client", "region_id", "start", "length", "url")}
+    return {**summary, "page_size": spec.get("page_size", uffd.PAGE_SIZE)}
 
 
 @dataclass
@@ -150,7 +151,7 @@ def _poison_everything(state: _State) -> None:
         if fd is None:
             continue
         try:
-            uffd.poison(fd, spec["start"], spec["length"])
+            uffd.poison(fd, spec["start"], spec["length"], page=spec["page_size"])
         except OSError as exc:
             print(f"lazymem monitor: cannot poison {spec['url']}: {exc}", file=sys.stderr)
 
