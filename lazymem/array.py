@@ -68,13 +68,17 @@ def _choose_chunk_bytes(reader: Any, nbytes: int, requested: int | None) -> int:
             raise ValueError(f"chunk_bytes must be a positive multiple of {PAGE_SIZE} (got {requested!r})")
         return requested
     table = reader.table
-    offsets = np.asarray(table.decompressed_offsets)
     sizes = np.asarray(table.decompressed_sizes)
+    if len(sizes) > 1 and sizes[0] == reader.header.data_offset:  # frame 0 is the header (ours)
+        first = int(sizes[1])
+        if first > 0 and first % PAGE_SIZE == 0 and bool(np.all(sizes[1:-1] == first)) and sizes[-1] <= first:
+            return first  # one frame per chunk, found without building the offsets (1 TiB: 262,144)
+    offsets = np.asarray(table.decompressed_offsets)
     data = offsets >= reader.header.data_offset
     data_sizes = sizes[data]
     if len(data_sizes) and offsets[data][0] == reader.header.data_offset:
         first = int(data_sizes[0])
-        if first % PAGE_SIZE == 0 and bool(np.all(data_sizes[:-1] == first)) and data_sizes[-1] <= first:
+        if first > 0 and first % PAGE_SIZE == 0 and bool(np.all(data_sizes[:-1] == first)) and data_sizes[-1] <= first:
             return first  # frames are aligned to the data: one frame per chunk, no assembly
     typical = int(np.median(sizes)) if len(sizes) else DEFAULT_CHUNK_BYTES
     chunk = min(max(round_up(typical), DEFAULT_CHUNK_BYTES), MAX_CHUNK_BYTES)

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -25,32 +26,66 @@ from .retry import cat_ranges_with_retries, with_retries
 __all__ = ["FrameTable", "FramedSource", "byte_view", "storage_errors"]
 
 
-def _frozen(values: Any) -> np.ndarray:
-    array = np.ascontiguousarray(values, dtype=np.int64)
-    array.setflags(write=False)
+def _frozen_sizes(values: Any) -> np.ndarray:
+    # uint32 (a seek table's own column, possibly a view of the bytes read) stays as it is: every
+    # copy of a 1 TiB array's 262,144 frames costs fresh memory, ~1 ms per MiB on these VMs.
+    array = np.asarray(values)
+    if array.dtype != np.uint32:
+        array = np.asarray(array, dtype=np.int64)
+    if array.flags.writeable:
+        array = array.view()
+        array.setflags(write=False)
     return array
+
+
+def _offsets(sizes: np.ndarray) -> np.ndarray:
+    """Exclusive prefix sums as int64 (cast first: numpy's cumsum casting on the fly is 15x slower)."""
+    offsets = np.zeros(len(sizes), dtype=np.int64)
+    if len(sizes) > 1:
+        offsets[1:] = sizes[:-1]
+        np.cumsum(offsets[1:], out=offsets[1:])
+    offsets.setflags(write=False)
+    return offsets
 
 
 @dataclass(frozen=True, eq=False)
 class FrameTable:
     """Where each frame lies in the stored object and in the decompressed stream.
 
-    Columns are numpy ``int64`` arrays, not lists of objects: a 1 TiB array in 4 MiB chunks has
-    262,144 frames, and the monitor receives this table pickled. Offsets are inclusive starts;
-    a frame covers ``[offset, offset + size)``. Frames of decompressed size 0 (skippable frames,
-    empty zstd frames) occupy stored bytes but no stream bytes.
+    Columns are numpy arrays, not lists of objects: a 1 TiB array in 4 MiB chunks has 262,144
+    frames, and the monitor receives this table pickled. Sizes are ``uint32`` (as a seek table
+    stores them) or ``int64``; offsets are ``int64``, computed on first use. Offsets are inclusive
+    starts; a frame covers ``[offset, offset + size)``. Frames of decompressed size 0 (skippable
+    frames, empty zstd frames) occupy stored bytes but no stream bytes.
     """
 
-    compressed_offsets: np.ndarray
-    """Offset of each frame in the stored object."""
     compressed_sizes: np.ndarray
     """Stored size of each frame."""
-    decompressed_offsets: np.ndarray
-    """Offset of each frame's first byte in the decompressed stream."""
     decompressed_sizes: np.ndarray
     """Decompressed size of each frame (0 for skippable or empty frames)."""
     checksums: np.ndarray | None = None
     """Low 32 bits of XXH64 of each frame's content, if the seek table stores them (``uint32``)."""
+
+    @cached_property
+    def compressed_offsets(self) -> np.ndarray:
+        """Offset of each frame in the stored object."""
+        return _offsets(self.compressed_sizes)
+
+    @cached_property
+    def decompressed_offsets(self) -> np.ndarray:
+        """Offset of each frame's first byte in the decompressed stream."""
+        return _offsets(self.decompressed_sizes)
+
+    @cached_property
+    def _decompressed_ends(self) -> np.ndarray:
+        return self.decompressed_offsets + self.decompressed_sizes
+
+    def compressed_offset(self, index: int) -> int:
+        """Offset of frame ``index`` in the stored object, without building every frame's offset
+        for the first few frames (opening a file reads frame 0 only)."""
+        if index < 1024 and "compressed_offsets" not in self.__dict__:
+            return int(self.compressed_sizes[:index].sum())
+        return int(self.compressed_offsets[index])
 
     @classmethod
     def from_sizes(
@@ -72,18 +107,14 @@ class FrameTable:
         -------
         FrameTable
         """
-        csizes = _frozen(compressed_sizes)
-        dsizes = _frozen(decompressed_sizes)
+        csizes = _frozen_sizes(compressed_sizes)
+        dsizes = _frozen_sizes(decompressed_sizes)
         if csizes.shape != dsizes.shape or csizes.ndim != 1:
             raise ValueError("compressed_sizes and decompressed_sizes must be 1-D and of equal length")
-        coffsets = np.zeros(len(csizes), dtype=np.int64)
-        doffsets = np.zeros(len(dsizes), dtype=np.int64)
-        np.cumsum(csizes[:-1], out=coffsets[1:])
-        np.cumsum(dsizes[:-1], out=doffsets[1:])
         if checksums is not None:
             checksums = np.ascontiguousarray(checksums, dtype=np.uint32)
             checksums.setflags(write=False)
-        return cls(_frozen(coffsets), csizes, _frozen(doffsets), dsizes, checksums)
+        return cls(csizes, dsizes, checksums)
 
     def __len__(self) -> int:
         return len(self.compressed_sizes)
@@ -92,7 +123,9 @@ class FrameTable:
         # Pickle the sizes alone, as u32 when they fit (always, for seekable zstd): 8 bytes per frame
         # instead of 32. The offsets are two cumsums away; the monitor receives this table pickled.
         def packed(sizes: np.ndarray) -> np.ndarray:
-            return sizes.astype(np.uint32) if not len(sizes) or sizes.max() <= 0xFFFFFFFF else sizes
+            if sizes.dtype == np.uint32 or (len(sizes) and sizes.max() > 0xFFFFFFFF):
+                return sizes
+            return sizes.astype(np.uint32)
 
         return (
             type(self).from_sizes,
@@ -135,7 +168,7 @@ class FrameTable:
             raise ValueError(f"range [{start}, {stop}) is outside the stream [0, {total})")
         if start == stop:
             return range(0)
-        ends = self.decompressed_offsets + self.decompressed_sizes
+        ends = self._decompressed_ends
         # First frame that ends after `start` (empty frames at `start` end *at* it, so are skipped);
         # one past the last frame that begins before `stop`.
         first = int(np.searchsorted(ends, start, side="right"))

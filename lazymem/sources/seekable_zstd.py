@@ -172,8 +172,9 @@ def parse_seek_table(tail: bytes, file_size: int) -> FrameTable:
     words = entry_size // 4
     entries = np.frombuffer(table, dtype="<u4", count=n_frames * words, offset=SKIPPABLE_HEADER_SIZE)
     entries = entries.reshape(n_frames, words)
-    compressed = entries[:, 0].astype(np.int64)
-    decompressed = entries[:, 1].astype(np.int64)
+    # Views of the bytes read, no copies (a 1 TiB array's table is 2 MiB; see FrameTable).
+    compressed = entries[:, 0]
+    decompressed = entries[:, 1]
     checksums = entries[:, 2].astype(np.uint32) if words == 3 else None
     available = file_size - table_size
     covered = int(compressed.sum())
@@ -307,7 +308,7 @@ class _FrameRangeFile:
 
     def __init__(self, source: SeekableZstdReader, index: int) -> None:
         self._source = source
-        self._pos = self._start = int(source.table.compressed_offsets[index])
+        self._pos = self._start = source.table.compressed_offset(index)
         self._end = self._pos + int(source.table.compressed_sizes[index])
 
     def read(self, size: int = -1) -> bytes:
@@ -447,7 +448,7 @@ class SeekableZstdReader(FramedSource):
         return bytes(out)
 
     def _cat_frame(self, index: int) -> bytes:
-        start = int(self.table.compressed_offsets[index])
+        start = self.table.compressed_offset(index)
         blob = self._cat(start, start + int(self.table.compressed_sizes[index]))
         self._note_checksum(blob)
         return blob
@@ -485,7 +486,7 @@ class SeekableZstdReader(FramedSource):
         return bytes(out)
 
     def _corrupt(self, index: int, reason: str) -> CorruptChunkError:
-        offset = int(self.table.compressed_offsets[index])
+        offset = self.table.compressed_offset(index)
         return CorruptChunkError(f"{self.path}: frame {index} (stored at byte {offset}) is corrupt: {reason}")
 
     def is_zero_frame(self, index: int, compressed: bytes | memoryview) -> bool:
