@@ -310,3 +310,30 @@ def test_elements_anywhere_in_a_chunk_read_first_are_right(field) -> None:
         assert np.array_equal(flat[chunk * per_chunk:(chunk + 1) * per_chunk],
                               expected[chunk * per_chunk:(chunk + 1) * per_chunk])
     assert np.array_equal(a, src)
+
+
+def _resident_pages(arr: np.ndarray) -> np.ndarray:
+    """mincore over the array's mapping: which pages of the memfd are in memory."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    start = arr.ctypes.data - arr.ctypes.data % PAGE
+    length = arr.ctypes.data + arr.nbytes - start
+    pages = -(-length // PAGE)
+    vec = (ctypes.c_ubyte * pages)()
+    assert libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(length), vec) == 0, ctypes.get_errno()
+    return np.frombuffer(vec, dtype=np.uint8) & 1
+
+
+def test_a_sequential_reader_trips_the_window_and_prefetch_leaves_no_page_held_back(field) -> None:
+    path, src = field
+    a = lazymem.open(path, readahead=8)
+    per_chunk_rows = 2**20 // (src.shape[1] * src.itemsize)
+    for row in range(0, 6 * per_chunk_rows):  # a reader going through chunk after chunk
+        assert np.array_equal(a[row], src[row])
+    s = lazymem.stats(a)
+    assert s.readahead_chunks > 0
+    a.prefetch()  # every chunk, every page: a page held back as a tripwire goes in too
+    assert _resident_pages(a).all()
+    assert np.array_equal(a, src)
+    assert lazymem.stats(a).chunks_present == lazymem.stats(a).chunks_total

@@ -69,17 +69,29 @@ class Job:
     """One chunk being installed; requests waiting for it block on ``done``."""
 
     __slots__ = ("chunk", "done", "error", "fault_at", "others", "priority", "region", "reserved", "started",
-                 "woken")
+                 "trip", "woken")
 
     def __init__(self, region: ServedRegion, chunk: int, priority: int) -> None:
         self.region, self.chunk, self.priority = region, chunk, priority
         self.started = False
         self.fault_at = -1  # offset in the chunk of the first reader waiting for it, if any
         self.woken = False  # that reader runs already, the rest of the chunk is still being copied
+        self.trip = False  # readahead that holds back the chunk's first page as a tripwire
         self.reserved = 0  # budget bytes this install holds while in flight
         self.others: set[ServedRegion] = set()  # clones (forked clients) that faulted on it too
         self.done = threading.Event()
         self.error: BaseException | None = None
+
+
+@dataclass
+class Trip:
+    """The first page of a chunk read ahead, held back: installed chunks never fault, so a reader
+    going through a window would otherwise fault next only after its end, and wait for a fetch
+    (a round trip over a network) while the workers idle. Its fault on this page says the reader
+    has reached the chunk: the page goes in at once (a 4 KiB copy) and the window moves on."""
+
+    chunk: int
+    data: Any  # ctypes buffer with the page's bytes, or None for a zero chunk
 
 
 @dataclass(eq=False)  # identity semantics: regions go in sets and are compared by `is`
@@ -109,6 +121,7 @@ class ServedRegion:
     last_fault: int = -2
     ra_end: int = -2  # last chunk the current readahead window covers
     window: int = 0
+    trip: Trip | None = None  # the page held back from a chunk read ahead (see Trip)
     fetches: FetchSlots = field(default_factory=lambda: FetchSlots(None))  # max_in_flight
 
     def __post_init__(self) -> None:
@@ -271,6 +284,12 @@ class Monitor:
             region.stats.faults += 1
             state = region.state[chunk]
             region.resident_set.touched(chunk)
+            trip = region.trip
+            if trip is not None and trip.chunk == chunk and address - region.start - chunk * region.chunk_size < \
+                    region.page_size:
+                self._spring(region, trip)
+                self._read_ahead(region, chunk, sequential=True)
+                return
             if state == PRESENT and region.page_present(address - region.start):
                 # Either the install raced ahead of this message (the thread was woken already), or
                 # the chunk is in the page cache but not mapped in this process (a forked child, a
@@ -297,7 +316,22 @@ class Monitor:
                 self._enqueue(job)
             self._read_ahead(region, chunk)
 
-    def _read_ahead(self, region: ServedRegion, chunk: int) -> None:
+    def _spring(self, region: ServedRegion, trip: Trip) -> None:
+        """Install a held-back page and wake its readers (region.lock held)."""
+        region.trip = None
+        target = region.start + trip.chunk * region.chunk_size
+        try:
+            if trip.data is None:
+                uffd.zeropage(region.client.uffd, target, region.page_size)
+            else:
+                uffd.copy(region.client.uffd, target, ctypes.addressof(trip.data), region.page_size,
+                          page=region.page_size)
+        except OSError:
+            # The app unmapped the region (closing): nothing to install. A reader would retry the
+            # access, find the chunk present but not this page, and load the chunk again.
+            self._safe_wake(region, trip.chunk * region.chunk_size, region.page_size)
+
+    def _read_ahead(self, region: ServedRegion, chunk: int, *, sequential: bool = False) -> None:
         """Grow the window on sequential faults, drop it on random ones (region.lock held).
 
         Sequential means the fault is on the chunk right after the previous fault, or right after
@@ -308,17 +342,25 @@ class Monitor:
         """
         if region.readahead_max <= 0:
             return
-        if chunk in (region.last_fault + 1, region.ra_end + 1):
+        if sequential or chunk in (region.last_fault + 1, region.ra_end + 1):
             region.window = min(max(2 * region.window, 2), region.readahead_max)
         elif not region.last_fault < chunk <= region.ra_end:
             region.window = 0
         region.last_fault = chunk
         end = min(chunk + 1 + region.window, region.nchunks)
+        new = []
         for ahead in range(chunk + 1, end):
             if region.state[ahead] == ABSENT:
                 region.stats.readahead_chunks += 1
-                self._enqueue(self._new_job(region, ahead, READAHEAD))
+                job = self._new_job(region, ahead, READAHEAD)
+                new.append(job)
+                self._enqueue(job)
         region.ra_end = max(chunk, end - 1) if region.window else chunk
+        # The first new chunk of a window of several is the tripwire: when the reader gets there,
+        # the rest of the window is still ahead of it while the next one is fetched.
+        if len(new) >= 2 and region.trip is None and not region.shared_address and len(
+                self.groups.get(region.group, ())) <= 1:
+            new[0].trip = True
 
     def _new_job(self, region: ServedRegion, chunk: int, priority: int) -> Job:
         job = Job(region, chunk, priority)
@@ -378,6 +420,7 @@ class Monitor:
         if region.budget is not None:
             self._make_room(job, span)
         t0 = time.perf_counter()
+        trip: Trip | None = None
         if region.shared_address:
             # Zero copy: decompress straight into the memfd's page cache through our own mapping,
             # then map those pages into the app with UFFDIO_CONTINUE (MINOR mode). The app cannot
@@ -408,6 +451,11 @@ class Monitor:
                 # chunk gets its piece first (see FIRST_PIECE).
                 target = region.start + offset
                 pieces = _pieces(span, job.fault_at, max(FIRST_PIECE, region.page_size))
+                if job.trip and job.priority == READAHEAD and span > region.page_size:
+                    # Hold the first page back (see Trip); a reader there faults and brings it in.
+                    trip = Trip(chunk, None if install_zeros else ctypes.create_string_buffer(
+                        bytes(buf.view[:region.page_size]), region.page_size))
+                    pieces = [(region.page_size, span)]
                 for lo, hi in pieces:
                     if install_zeros:  # stored as zero frames: nothing decompressed, nothing to copy
                         uffd.zeropage(region.client.uffd, target + lo, hi - lo, wake_waiters=False)
@@ -430,6 +478,11 @@ class Monitor:
             stats.install_seconds += t2 - t1
             region.state[chunk] = PRESENT
             region.jobs.pop(chunk, None)
+            if not region.shared_address and trip is not None:
+                if region.trip is None and job.priority == READAHEAD:
+                    region.trip = trip
+                else:  # a reader came meanwhile, or another trip is set: no tripwire after all
+                    self._spring(region, trip)
             region.resident_set.installed(chunk, span)
             region.resident_set.in_flight -= job.reserved
             others = list(job.others)
@@ -473,6 +526,8 @@ class Monitor:
         """Punch the chunk out of the memfd: every mapping of it faults there again (region.lock held)."""
         offset, _, span = region.chunk_span(chunk)
         uffd.punch_hole(region.memfd, offset, span)
+        if region.trip is not None and region.trip.chunk == chunk:
+            region.trip = None  # its page went with the rest
         region.state[chunk] = ABSENT
         region.resident_set.evicted(chunk)
         region.stats.evictions += 1
@@ -721,6 +776,8 @@ class Monitor:
                     raise IndexError(f"chunk {chunk} out of range")
                 state = region.state[chunk]
                 if state == PRESENT:
+                    if region.trip is not None and region.trip.chunk == chunk:
+                        self._spring(region, region.trip)  # prefetched means all of it
                     continue
                 if state == PENDING:
                     job = region.jobs[chunk]
