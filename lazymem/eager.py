@@ -154,7 +154,13 @@ def _decode_on_pool(
                 future.cancel()
 
 
-def load(url: str, *, storage_options: dict[str, Any] | None = None, threads: int | None = None) -> np.ndarray:
+def load(
+    url: str,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    threads: int | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Read a whole array into memory, decompressing on all cores.
 
     Parameters
@@ -166,11 +172,14 @@ def load(url: str, *, storage_options: dict[str, Any] | None = None, threads: in
         Passed to the filesystem.
     threads : int, optional
         Decompression threads (default: one per CPU).
+    out : numpy.ndarray, optional
+        Load into this array (writeable, the stored shape, dtype and memory order) instead of a new
+        one: loading repeatedly then costs no fresh memory.
 
     Returns
     -------
     numpy.ndarray
-        The array, with the stored dtype, shape and memory order.
+        The array (``out`` if given), with the stored dtype, shape and memory order.
 
     Raises
     ------
@@ -183,4 +192,4 @@ def load(url: str, *, storage_options: dict[str, Any] | None = None, threads: in
     FetchError
         Storage failed.
     """
-    return read_array(open_source(url, storage_options), threads=threads)
+    return read_array(open_source(url, storage_options), threads=threads, out=out)

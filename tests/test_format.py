@@ -512,3 +512,19 @@ def test_local_batch_fetchers(tmp_path: Path, mapped: bool) -> None:
             fetcher([4, 5, 6])
     finally:
         fetcher.close()
+
+
+def test_load_into_a_given_array_and_refuse_a_wrong_one(tmp_path: Path) -> None:
+    src = np.asfortranarray(np.random.default_rng(2).standard_normal((300, 70)))
+    path = str(tmp_path / "f.npy.zst")
+    save(path, src, chunk_bytes=PAGE * 4)
+    out = np.full_like(src, 7.0, order="F")
+    assert load(path, out=out) is out
+    assert_same_array(out, src)
+    for wrong in (np.empty_like(src, order="C"), np.empty((300, 71)), np.empty_like(src, dtype=np.float32, order="F")):
+        with pytest.raises(ValueError, match="out must be"):
+            load(path, out=wrong)
+    frozen = np.empty_like(src, order="F")
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        load(path, out=frozen)
