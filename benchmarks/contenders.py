@@ -124,26 +124,61 @@ class DecodeFloor:
         os.close(self.fd)
 
 
+def _seek_table(entries: list[tuple[int, int]]) -> bytes:
+    """The seek table frame for frames of these (compressed, decompressed) sizes, without checksums."""
+    table = np.asarray(entries, dtype="<u4").tobytes()
+    footer = struct.pack("<IBI", len(entries), 0, SEEKABLE_MAGIC)
+    return struct.pack("<II", SEEK_TABLE_MAGIC, len(table) + len(footer)) + table + footer
+
+
+def _npy_header_bytes(dtype: str, shape: tuple[int, ...]) -> bytes:
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return header.getvalue()
+
+
+def write_zstd_frames(path: str, array: np.ndarray, chunk_bytes: int = 4 * 2**20, level: int = 3) -> int:
+    """Write ``array`` in lazymem's native layout with an ordinary zstd frame for every chunk.
+
+    What writers made before zero frames: frame 0 the ``.npy`` header alone, frame k >= 1 data bytes
+    ``[(k-1) * chunk_bytes, k * chunk_bytes)``, then the seek table (``lazymem/writer.py``'s layout),
+    every frame from ``ZstdCompressor(level, write_checksum=True, write_content_size=True)``, all-zero
+    chunks included. Serial (~4 s per GiB). Returns the file size.
+    """
+    array = np.ascontiguousarray(array)
+    head = _npy_header_bytes(np.lib.format.dtype_to_descr(array.dtype), array.shape)
+    data = memoryview(array.reshape(-1).view(np.uint8))
+    cctx = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
+    entries = []
+    with open(path + ".tmp", "wb") as f:
+        for raw in [head, *(data[i : i + chunk_bytes] for i in range(0, len(data), chunk_bytes))]:
+            frame = cctx.compress(raw)
+            f.write(frame)
+            entries.append((len(frame), len(raw)))
+        f.write(_seek_table(entries))
+    os.replace(path + ".tmp", path)
+    return os.path.getsize(path)
+
+
 def write_zeros_seekable(path: str, n_elements: int, dtype: str = "<f4", chunk_bytes: int = 4 * 2**20) -> int:
     """Write a huge all-zeros array in lazymem's native layout at almost no cost.
 
-    Every data frame is the same zstd frame (4 MiB of zeros compress to a few hundred bytes), so a
-    1 TiB array takes ~40 MB and 0.1 s. Returns the file size.
+    Every data frame is the zero frame ``lazymem.save`` writes for an all-zero chunk (RLE blocks,
+    141 bytes for 4 MiB), so a 1 TiB array takes ~37 MB and well under a second. Returns the file size.
     """
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": dtype, "fortran_order": False, "shape": (n_elements,)})
+    from lazymem.sources.zero_frames import zero_frame  # the writer's canonical frame, not a reader
+
+    header = _npy_header_bytes(dtype, (n_elements,))
     cctx = zstandard.ZstdCompressor(level=3, write_checksum=True, write_content_size=True)
-    head = cctx.compress(header.getvalue())
+    head = cctx.compress(header)
     nbytes = n_elements * np.dtype(dtype).itemsize
     n_full, last = divmod(nbytes, chunk_bytes)
-    full = cctx.compress(bytes(chunk_bytes))
-    entries = [(len(head), len(header.getvalue()))] + [(len(full), chunk_bytes)] * n_full
+    full = zero_frame(chunk_bytes)
+    entries = [(len(head), len(header))] + [(len(full), chunk_bytes)] * n_full
     tail = b""
     if last:
-        tail = cctx.compress(bytes(last))
+        tail = zero_frame(last)
         entries.append((len(tail), last))
-    table = np.asarray(entries, dtype="<u4").tobytes()
-    footer = struct.pack("<IBI", len(entries), 0, SEEKABLE_MAGIC)
     with open(path + ".tmp", "wb") as f:
         f.write(head)
         block = full * 1024
@@ -151,8 +186,6 @@ def write_zeros_seekable(path: str, n_elements: int, dtype: str = "<f4", chunk_b
             f.write(block)
         f.write(full * (n_full % 1024))
         f.write(tail)
-        f.write(struct.pack("<II", SEEK_TABLE_MAGIC, len(table) + 9))
-        f.write(table)
-        f.write(footer)
+        f.write(_seek_table(entries))
     os.replace(path + ".tmp", path)
     return os.path.getsize(path)

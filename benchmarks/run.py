@@ -3,6 +3,7 @@
 
     python3 benchmarks/run.py --quick     # 256 MiB, 3 repetitions, < 2 minutes
     python3 benchmarks/run.py             # 1 GiB, 5 repetitions, plus a 16 GiB zeros array
+    python3 benchmarks/run.py --huge-pages  # also lazy arrays on huge pages (root raises the pool)
 
 Writes ``benchmarks/results/results-{quick,full}.json`` and ``benchmarks/results/touched_fraction.png``
 (``--out`` to change), prints Markdown tables. Data files go to ``benchmarks/data/`` (git-ignored)
@@ -13,6 +14,7 @@ and are reused when they match. Contenders of a scenario run alternately within 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -33,6 +35,7 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 import contenders  # noqa: E402
 import datagen  # noqa: E402
+import hugepool  # noqa: E402
 
 import lazymem  # noqa: E402
 
@@ -182,6 +185,63 @@ class Dataset:
                         pass
 
 
+class ZeroChunkFiles:
+    """The field with every other chunk (the odd ones) all zeros, written two ways.
+
+    ``zero_frames``: ``lazymem.save``, which stores the zero chunks as zero frames. ``zstd_frames``:
+    an ordinary zstd frame for every chunk, as writers made before zero frames. Made from the field's
+    .npy and remade when that is newer.
+    """
+
+    def __init__(self, ds: Dataset) -> None:
+        stem = f"{ds.npy.stem}-g{datagen.GENERATOR_VERSION}-odd-chunks-zero"
+        self.source = ds.npy
+        self.zero_frames = ds.dir / f"{stem}-zf.npy.zst"
+        self.zstd_frames = ds.dir / f"{stem}-zstd.npy.zst"
+        self.chunks_total = -(-ds.nbytes // CHUNK_BYTES)
+        self.chunks_zero = self.chunks_total // 2
+
+    def build(self) -> None:
+        source_time = self.source.stat().st_mtime
+        if all(p.exists() and p.stat().st_mtime > source_time for p in (self.zero_frames, self.zstd_frames)):
+            log(f"data: reusing {self.zero_frames.name} and {self.zstd_frames.name}")
+        else:
+            t = time.perf_counter()
+            data = np.load(self.source)
+            flat, per_chunk = data.reshape(-1), CHUNK_BYTES // data.itemsize
+            for start in range(per_chunk, flat.size, 2 * per_chunk):
+                flat[start : start + per_chunk] = 0
+            lazymem.save(str(self.zero_frames), data, chunk_bytes=CHUNK_BYTES, level=LEVEL)
+            contenders.write_zstd_frames(str(self.zstd_frames), data, CHUNK_BYTES, LEVEL)
+            for path in (self.zero_frames, self.zstd_frames):
+                if not np.array_equal(lazymem.load(str(path)), data):
+                    raise AssertionError(f"{path.name}: lazymem.load reads back other data")
+            log(f"data: wrote {self.zero_frames.name} and {self.zstd_frames.name} in {time.perf_counter() - t:.1f} s")
+            del data, flat
+        for path in (self.zero_frames, self.zstd_frames):  # into the page cache
+            with open(path, "rb") as f:
+                while f.read(16 * MiB):
+                    pass
+
+
+def warm_huge_pages(ds: Dataset, pool: dict[str, Any]) -> bool:
+    """One untimed lazy scan on huge pages: this VM's first use of pool pages is slow (host backing).
+
+    False (and the reason in ``pool``) if the pool cannot hold the array after all.
+    """
+    t = time.perf_counter()
+    try:
+        a = lazymem.open(str(ds.zst), huge_pages=True)
+    except lazymem.HugePagesUnavailableError as exc:
+        log(f"huge pages: not used, {exc}; skipping the huge page contenders")
+        pool.update(used=False, reason=str(exc))
+        return False
+    np.sum(a, dtype=np.float64)
+    a.close()
+    log(f"huge pages: warm-up scan {time.perf_counter() - t:.2f} s")
+    return True
+
+
 def warm_memory(nbytes: int) -> None:
     """Touch fresh memory once: the VM's first touch of never-used memory is ~10x slower (DESIGN.md)."""
     block = np.ones(nbytes // 8, dtype=np.float64)
@@ -213,6 +273,7 @@ def lazy_stats_dict(arr: Any) -> dict[str, Any]:
         "chunks_total": s.chunks_total,
         "faults": s.faults,
         "readahead_chunks": s.readahead_chunks,
+        "zero_chunks": s.zero_chunks,
         "fetch_seconds": s.fetch_seconds,
         "install_seconds": s.install_seconds,
     }
@@ -384,13 +445,13 @@ def compete(title: str, entrants: list[Contender], reps: int) -> list[dict[str, 
 # --------------------------------------------------------------------------- scenarios
 
 
-def full_scan(ds: Dataset, reps: int) -> list[dict[str, Any]]:
+def full_scan(ds: Dataset, reps: int, huge_pages: bool = False) -> list[dict[str, Any]]:
     import zarr
 
     url = str(ds.zst)
 
-    def lazy() -> tuple[Any, dict[str, Any]]:
-        a = lazymem.open(url)
+    def lazy(**options: Any) -> tuple[Any, dict[str, Any]]:
+        a = lazymem.open(url, **options)
         total = np.sum(a, dtype=np.float64)
         return float(total), {"_after": finish(a)}
 
@@ -428,6 +489,8 @@ def full_scan(ds: Dataset, reps: int) -> list[dict[str, Any]]:
         Contender("np.load(.npy) + sum", npy_load),
         Contender("np.load(.npy, mmap) + sum", npy_mmap),
     ]
+    if huge_pages:
+        entrants.append(Contender("lazymem.open(huge_pages) + sum", lambda: lazy(huge_pages=True)))
     try:
         # The floor produces no sum: check its buffer once, outside timing, then leave it out of
         # the agreement check.
@@ -443,7 +506,7 @@ def full_scan(ds: Dataset, reps: int) -> list[dict[str, Any]]:
 def _compete_floor(entrants: list[Contender], reps: int) -> list[dict[str, Any]]:
     # Same as compete(), but the floor (answer None) is not compared.
     floor = entrants[3]
-    for c in entrants:  # always warm up here: the first scan of the run pays for fresh memory
+    for c in entrants:  # always warm up here, quick mode too: the first scan of the run pays for fresh memory
         c.run_once()
         c.times.clear()
         c.infos.clear()
@@ -594,13 +657,50 @@ def strided(ds: Dataset, reps: int, quick: bool = False) -> list[dict[str, Any]]
     return out
 
 
-def first_element(ds: Dataset, reps: int, huge: list[tuple[str, str, int]]) -> tuple[list, list]:
+def zero_chunks(zc: ZeroChunkFiles, reps: int) -> dict[str, Any]:
+    """Full scan of a field with every other chunk all zeros: zero frames against ordinary zstd frames."""
+    files = {"zero frames": str(zc.zero_frames), "zstd frames": str(zc.zstd_frames)}
+
+    def lazy(url: str) -> tuple[Any, dict[str, Any]]:
+        a = lazymem.open(url)
+        return float(np.sum(a, dtype=np.float64)), {"_after": finish(a)}
+
+    def load(url: str) -> tuple[Any, dict[str, Any]]:
+        b = lazymem.load(url)
+        return float(np.sum(b, dtype=np.float64)), keep(b)
+
+    entrants = [
+        Contender(f"{name} + sum, {kind}", lambda fn=fn, url=url: fn(url))
+        for name, fn in (("lazymem.open", lazy), ("lazymem.load", load))
+        for kind, url in files.items()
+    ]
+    results = compete("zero chunks", entrants, reps)
+    t = {r["name"]: r["median_s"] for r in results}
+    return {
+        "files": {kind: {"file": Path(url).name, "bytes": os.path.getsize(url)} for kind, url in files.items()},
+        "chunks_total": zc.chunks_total,
+        "chunks_zero": zc.chunks_zero,
+        "results": results,
+        "ratios": {
+            f"{name}: zero frames / zstd frames": t[f"{name} + sum, zero frames"] / t[f"{name} + sum, zstd frames"]
+            for name in ("lazymem.open", "lazymem.load")
+        },
+    }
+
+
+def first_element(
+    ds: Dataset, reps: int, huge: list[tuple[str, str, int]], huge_pages: bool = False
+) -> tuple[list, list]:
     """open() + one element, monitor already running: what a user waits for before the first value."""
     import zarr
 
     out, errors = [], []
-    targets = [(f"{ds.nbytes // MiB} MiB field", str(ds.zst), ds.nbytes), *huge]
-    for label, url, nbytes in targets:
+    field = str(ds.zst)
+    targets = [(f"{ds.nbytes // MiB} MiB field", field, ds.nbytes, {})]
+    if huge_pages:
+        targets.append((f"{ds.nbytes // MiB} MiB field, huge_pages=True", field, ds.nbytes, {"huge_pages": True}))
+    targets += [(label, url, nbytes, {}) for label, url, nbytes in huge]
+    for label, url, nbytes, options in targets:
         opens: list[float] = []
         firsts: list[float] = []
         lasts: list[float] = []
@@ -609,7 +709,7 @@ def first_element(ds: Dataset, reps: int, huge: list[tuple[str, str, int]]) -> t
             for _ in range(max(reps, 5)):
                 gc.collect()
                 t0 = time.perf_counter()
-                a = lazymem.open(url)
+                a = lazymem.open(url, **options)
                 t1 = time.perf_counter()
                 flat = a.reshape(-1)
                 v0 = float(flat[0])
@@ -629,6 +729,7 @@ def first_element(ds: Dataset, reps: int, huge: list[tuple[str, str, int]]) -> t
             continue
         entry = {
             "target": label,
+            "open_options": options,
             "nbytes": nbytes,
             "file_bytes": os.path.getsize(url),
             "open_s": statistics.median(opens),
@@ -638,7 +739,14 @@ def first_element(ds: Dataset, reps: int, huge: list[tuple[str, str, int]]) -> t
             "chunks_total": st.chunks_total,
             "values": [v0, v1],
         }
-        if url == str(ds.zst):
+        if url == field:
+            m = np.load(ds.npy, mmap_mode="r").reshape(-1)
+            if [v0, v1] != [float(m[0]), float(m[-1])]:
+                raise AssertionError(f"{label}: read back {v0}, {v1}; the .npy holds {m[0]}, {m[-1]}")
+            del m
+        elif v0 != 0.0 or v1 != 0.0:
+            raise AssertionError(f"{label}: zeros array read back {v0}, {v1}")
+        if url == field and not options:
             zt, mt = [], []
             for _ in range(max(reps, 5)):
                 t0 = time.perf_counter()
@@ -653,8 +761,6 @@ def first_element(ds: Dataset, reps: int, huge: list[tuple[str, str, int]]) -> t
             assert zv == mv == v0, (zv, mv, v0)
             entry["zarr_open_plus_first_s"] = statistics.median(zt)
             entry["npy_mmap_open_plus_first_s"] = statistics.median(mt)
-        elif v0 != 0.0 or v1 != 0.0:
-            raise AssertionError(f"{label}: zeros array read back {v0}, {v1}")
         log(
             f"  first element, {label}: open {entry['open_s'] * 1e3:.1f} ms + a[0] "
             f"{entry['first_touch_s'] * 1e3:.1f} ms"
@@ -666,12 +772,12 @@ def first_element(ds: Dataset, reps: int, huge: list[tuple[str, str, int]]) -> t
 def make_huge(directory: Path, quick: bool) -> list[tuple[str, str, int]]:
     """Huge all-zeros arrays that cost nothing to store: 1 TiB written directly, 16 GiB via lazymem.save."""
     out = []
-    tib = directory / "zeros-1TiB.npy.zst"
+    tib = directory / "zeros-1TiB-zf.npy.zst"  # -zf: zero frames (older files held zstd frames)
     if not tib.exists():
         contenders.write_zeros_seekable(str(tib), 2**40 // 4)
     out.append(("1 TiB zeros (hand-written file)", str(tib), 2**40))
     if not quick:
-        g16 = directory / "zeros-16GiB-saved.npy.zst"
+        g16 = directory / "zeros-16GiB-saved-zf.npy.zst"
         if not g16.exists():
             t = time.perf_counter()
             lazymem.save(str(g16), np.broadcast_to(np.float32(0), (16 * GiB // 4,)))
@@ -712,6 +818,14 @@ def markdown(report: dict[str, Any]) -> str:
         f"zarr {m.get('zarr', '-')}, lazymem {m['lazymem']} (sources sha256 "
         f"{m.get('lazymem_source_sha256', '?')}, zero-copy installs {m.get('lazymem_zero_copy', '?')})."
     )
+    pool = m.get("huge_pages", {})
+    if pool.get("used"):
+        lines.append(
+            f"Huge pages: pool of {pool['pool_pages']} pages of {pool['page_bytes'] // MiB} MiB "
+            f"(was {pool['pool_pages_before']} before the run)."
+        )
+    elif "reason" in pool:
+        lines.append(f"Huge pages: requested but not used ({pool['reason']}).")
     noise = [r.get("others_cpus", 0.0) for r in report["full_scan"]]
     lines.append(
         f"Background load from other processes during the full scan: median {statistics.median(noise):.2f} "
@@ -783,6 +897,29 @@ def markdown(report: dict[str, Any]) -> str:
         )
     lines.append("")
 
+    if "zero_chunks" in report:
+        zc = report["zero_chunks"]
+        res = {r["name"]: r for r in zc["results"]}
+        sizes = {kind: fmt_mb(f["bytes"]) for kind, f in zc["files"].items()}
+        lines.append("### Zero chunks: the field with every other chunk all zeros, `np.sum(a, dtype=np.float64)`")
+        lines.append("")
+        lines.append(
+            f"{zc['chunks_zero']} of {zc['chunks_total']} chunks are zeros. Zero frames: `lazymem.save` "
+            f"({sizes['zero frames']}); zstd frames: an ordinary zstd frame for every chunk, as older "
+            f"writers made ({sizes['zstd frames']})."
+        )
+        lines.append("")
+        lines.append("| contender | zero frames | zstd frames | zero frames / zstd frames | zero_chunks (lazy stats) |")
+        lines.append("|---|---:|---:|---:|---:|")
+        for name in ("lazymem.open", "lazymem.load"):
+            zf, zs = res[f"{name} + sum, zero frames"], res[f"{name} + sum, zstd frames"]
+            stat = f"{zf['zero_chunks']:.0f} / {zs['zero_chunks']:.0f}" if "zero_chunks" in zf else "-"
+            lines.append(
+                f"| {name} + sum | {fmt_s(zf['median_s'])} | {fmt_s(zs['median_s'])} | "
+                f"{zc['ratios'][f'{name}: zero frames / zstd frames']:.2f} | {stat} |"
+            )
+        lines.append("")
+
     lines.append("### First element: `lazymem.open(url)` then `a.flat[0]`, monitor already running")
     lines.append("")
     lines.append(
@@ -823,6 +960,10 @@ def ratios(report: dict[str, Any]) -> dict[str, float]:
         "lazy scan / zarr": t["lazymem.open + sum"] / t["zarr z[:] + sum"],
         "lazymem.load + sum / zarr": t["lazymem.load + sum"] / t["zarr z[:] + sum"],
     }
+    huge = t.get("lazymem.open(huge_pages) + sum")
+    if huge is not None:
+        out["lazy scan (huge pages) / decode floor"] = huge / t["decode floor (no sum)"]
+        out["lazy scan (huge pages) / parallel eager (lazymem.load + sum)"] = huge / t["lazymem.load + sum"]
     for row in report["touched_fraction"]:
         if row["fraction"] in (0.01, 0.1):
             res = {r["name"]: r["median_s"] for r in row["results"]}
@@ -832,6 +973,8 @@ def ratios(report: dict[str, Any]) -> dict[str, float]:
             out[f"sparse {pct}: lazy + prefetch(idx) / zarr vindex"] = (
                 res["lazymem.open + prefetch(idx)"] / res["zarr vindex"]
             )
+    for name, value in report.get("zero_chunks", {}).get("ratios", {}).items():
+        out[f"zero chunks, {name}"] = value
     return out
 
 
@@ -916,6 +1059,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--no-huge", action="store_true", help="skip the huge zeros arrays")
     p.add_argument(
+        "--huge-pages",
+        action="store_true",
+        help="also time lazy arrays on huge pages (lazymem.open(huge_pages=True)); as root, raise "
+        "/proc/sys/vm/nr_hugepages for the run and restore it at exit",
+    )
+    p.add_argument(
         "--wait-quiet",
         type=float,
         default=0.0,
@@ -940,22 +1089,33 @@ def main(argv: list[str] | None = None) -> int:
     QUIET_WAIT = args.wait_quiet
     WAIT_BUDGET[0] = args.wait_budget if args.wait_budget is not None else (30.0 if args.quick else 900.0)
 
-    mode = "quick" if args.quick else "full"
     size = (args.size_mb or (256 if args.quick else 1024)) * MiB
+    ds = Dataset(args.data_dir, size)
+    if args.huge_pages:
+        pool_context: Any = hugepool.huge_page_pool(ds.nbytes, log)
+    else:
+        pool_context = contextlib.nullcontext(hugepool.describe())
+    with pool_context as pool:
+        run(args, ds, pool)
+    return 0
+
+
+def run(args: argparse.Namespace, ds: Dataset, pool: dict[str, Any]) -> None:
+    mode = "quick" if args.quick else "full"
     reps = args.reps or (3 if args.quick else 5)
     start = time.perf_counter()
 
-    ds = Dataset(args.data_dir, size)
     ds.build()
     ds.warm_page_cache()
     quiet = wait_for_quiet(args.wait_quiet)
     log(f"warming up memory ({3 * ds.nbytes / GiB:.1f} GiB) ...")
     warm_memory(3 * ds.nbytes)
+    huge_pages = bool(pool["used"]) and warm_huge_pages(ds, pool)
 
     report: dict[str, Any] = {
         "mode": mode,
         "reps": reps,
-        "machine": machine_info(),
+        "machine": {**machine_info(), "huge_pages": pool},
         "dataset": {
             "shape": list(ds.shape),
             "dtype": "float32",
@@ -969,7 +1129,7 @@ def main(argv: list[str] | None = None) -> int:
         "background_cpus_at_start": quiet,
     }
     log("full scan ...")
-    report["full_scan"] = full_scan(ds, reps)
+    report["full_scan"] = full_scan(ds, reps, huge_pages)
     log("touched fraction ...")
     # With 64 chunks (quick mode) 0.1 % and 1 % of the chunks are both one chunk: keep the larger.
     n_chunks = -(-ds.nbytes // CHUNK_BYTES)
@@ -980,9 +1140,13 @@ def main(argv: list[str] | None = None) -> int:
     report["touched_fraction"] = touched_fraction(ds, reps, fractions)
     log("strided ...")
     report["strided"] = strided(ds, reps, args.quick)
+    log("zero chunks ...")
+    zc = ZeroChunkFiles(ds)
+    zc.build()
+    report["zero_chunks"] = zero_chunks(zc, reps)
     log("first element ...")
     huge = [] if args.no_huge else make_huge(args.data_dir, args.quick)
-    report["first_element"], report["first_element_errors"] = first_element(ds, reps, huge)
+    report["first_element"], report["first_element_errors"] = first_element(ds, reps, huge, huge_pages)
     report["ratios"] = ratios(report)
     report["elapsed_s"] = time.perf_counter() - start
 
@@ -993,7 +1157,6 @@ def main(argv: list[str] | None = None) -> int:
     plot(report, png)
     print(markdown(report))
     log(f"wrote {json_path} and {png} in {report['elapsed_s']:.0f} s")
-    return 0
 
 
 if __name__ == "__main__":
