@@ -469,3 +469,16 @@ def test_the_monitor_installs_zero_chunks_as_zero_pages(tmp_path: Path) -> None:
     assert s.zero_chunks == 4 and s.chunks_installed == 12
     a.evict()  # punched out and loaded again: still zeros, still right
     assert_same_array(np.asarray(a[::-1]), src[::-1])
+
+
+def test_a_readahead_scan_installs_every_chunk_once(tmp_path: Path) -> None:
+    # Zero chunks install fast, so several tripwire chunks of a readahead window finish close together:
+    # springing one must not drop another's held page (it would load that chunk a second time).
+    path = str(tmp_path / "zeros.npy.zst")
+    lazymem.save(path, np.zeros(2**24, dtype=np.float32), chunk_bytes=2**18)  # 64 MiB, 256 chunks
+    for _ in range(8):
+        a = lazymem.open(path, readahead=16)
+        assert float(np.sum(a, dtype=np.float64)) == 0.0
+        s = lazymem.stats(a)
+        assert s.chunks_installed == s.zero_chunks == s.chunks_total == 256
+        del a

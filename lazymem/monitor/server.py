@@ -318,7 +318,8 @@ class Monitor:
 
     def _spring(self, region: ServedRegion, trip: Trip) -> None:
         """Install a held-back page and wake its readers (region.lock held)."""
-        region.trip = None
+        if region.trip is trip:
+            region.trip = None
         target = region.start + trip.chunk * region.chunk_size
         try:
             if trip.data is None:
