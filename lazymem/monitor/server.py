@@ -341,8 +341,8 @@ class Monitor:
         the window stays. Anything else is random access: no readahead, so a sparse reader fetches
         little more than it touches.
         """
-        if region.readahead_max <= 0:
-            return
+        if region.readahead_max <= 0 or (chunk == region.last_fault and not sequential):
+            return  # another fault on the chunk just seen (a demand install wakes its reader early)
         if sequential or chunk in (region.last_fault + 1, region.ra_end + 1):
             region.window = min(max(2 * region.window, 2), region.readahead_max)
         elif not region.last_fault < chunk <= region.ra_end:
