@@ -91,3 +91,32 @@ def test_a_missing_object_at_fault_time_fails_loudly(tmp_path: Path) -> None:
     )
     assert result.returncode == -signal.SIGBUS, (result.returncode, result.stdout, result.stderr)
     assert "NEVER" not in result.stdout and str(path) in result.stderr
+
+
+def test_a_local_file_replaced_after_the_first_read_keeps_serving_the_opened_one(tmp_path: Path) -> None:
+    # Like np.memmap: the monitor reads one inode for the array's life, so a writer replacing the
+    # file (lazymem.save writes a temporary and renames it) does not mix two arrays into one.
+    src = np.random.default_rng(1).standard_normal(2**20)
+    path = str(tmp_path / "r.npy.zst")
+    lazymem.save(path, src, chunk_bytes=2**18)
+    a = lazymem.open(path, readahead=0)
+    assert a[0] == src[0]  # the monitor has the file open now
+    lazymem.save(path, -src, chunk_bytes=2**18)  # a new file under the same name
+    assert np.array_equal(a, src)
+    assert np.array_equal(lazymem.open(path), -src)
+
+
+def test_a_source_pickles_without_its_open_file(tmp_path: Path) -> None:
+    import pickle
+
+    src = np.arange(100_000, dtype=np.int64)
+    path = str(tmp_path / "p.npy.zst")
+    lazymem.save(path, src, chunk_bytes=2**16)
+    reader = open_source(path)
+    reader.read_into(reader.data_offset, bytearray(1000))
+    assert "_local" in reader.__dict__
+    clone = pickle.loads(pickle.dumps(reader))
+    assert "_local" not in clone.__dict__
+    out = bytearray(src.nbytes)
+    clone.read_into(clone.data_offset, out)
+    assert np.array_equal(np.frombuffer(out, dtype=np.int64), src)
