@@ -279,14 +279,13 @@ class Monitor:
             except OSError:
                 pass
             return
-        chunk = (address - region.start) // region.chunk_size
+        chunk, within = divmod(address - region.start, region.chunk_size)
         with region.lock:
             region.stats.faults += 1
             state = region.state[chunk]
             region.resident_set.touched(chunk)
             trip = region.trip
-            if trip is not None and trip.chunk == chunk and address - region.start - chunk * region.chunk_size < \
-                    region.page_size:
+            if trip is not None and trip.chunk == chunk and within < region.page_size:
                 self._spring(region, trip)
                 self._read_ahead(region, chunk, sequential=True)
                 return
@@ -306,13 +305,13 @@ class Monitor:
                 if job.region is not region:
                     job.others.add(region)  # a clone's thread waits for another clone's install
                 elif job.fault_at < 0:
-                    job.fault_at = address - region.start - chunk * region.chunk_size
+                    job.fault_at = within
                 if job.priority > DEMAND:
                     job.priority = DEMAND
                     self._enqueue(job)  # jump the queue; the stale entry is skipped later
             else:
                 job = self._new_job(region, chunk, DEMAND)
-                job.fault_at = address - region.start - chunk * region.chunk_size
+                job.fault_at = within
                 self._enqueue(job)
             self._read_ahead(region, chunk)
 
