@@ -69,14 +69,16 @@ def _choose_chunk_bytes(reader: Any, nbytes: int, requested: int | None) -> int:
         return requested
     table = reader.table
     sizes = np.asarray(table.decompressed_sizes)
-    if len(sizes) > 1 and sizes[0] == reader.header.data_offset:  # frame 0 is the header (ours)
-        first = int(sizes[1])
-        if first > 0 and first % PAGE_SIZE == 0 and bool(np.all(sizes[1:-1] == first)) and sizes[-1] <= first:
-            return first  # one frame per chunk, found without building the offsets (1 TiB: 262,144)
-    offsets = np.asarray(table.decompressed_offsets)
-    data = offsets >= reader.header.data_offset
-    data_sizes = sizes[data]
-    if len(data_sizes) and offsets[data][0] == reader.header.data_offset:
+    data_offset = reader.header.data_offset
+    if len(sizes) > 1 and sizes[0] == data_offset:
+        # Frame 0 is exactly the header (files written by save): the data frames are the others,
+        # found without building every frame's offset (a 1 TiB array has 262,144).
+        data_sizes = sizes[1:]
+    else:
+        offsets = np.asarray(table.decompressed_offsets)
+        data = offsets >= data_offset
+        data_sizes = sizes[data] if data.any() and offsets[data][0] == data_offset else sizes[:0]
+    if len(data_sizes):
         first = int(data_sizes[0])
         if first > 0 and first % PAGE_SIZE == 0 and bool(np.all(data_sizes[:-1] == first)) and data_sizes[-1] <= first:
             return first  # frames are aligned to the data: one frame per chunk, no assembly

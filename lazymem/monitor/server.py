@@ -453,8 +453,8 @@ class Monitor:
                 pieces = _pieces(span, job.fault_at, max(FIRST_PIECE, region.page_size))
                 if job.trip and job.priority == READAHEAD and span > region.page_size:
                     # Hold the first page back (see Trip); a reader there faults and brings it in.
-                    trip = Trip(chunk, None if install_zeros else ctypes.create_string_buffer(
-                        bytes(buf.view[:region.page_size]), region.page_size))
+                    held = None if install_zeros else (ctypes.c_char * region.page_size).from_buffer_copy(buf.view)
+                    trip = Trip(chunk, held)
                     pieces = [(region.page_size, span)]
                 for lo, hi in pieces:
                     if install_zeros:  # stored as zero frames: nothing decompressed, nothing to copy
@@ -478,7 +478,7 @@ class Monitor:
             stats.install_seconds += t2 - t1
             region.state[chunk] = PRESENT
             region.jobs.pop(chunk, None)
-            if not region.shared_address and trip is not None:
+            if trip is not None:  # only copy installs hold pages back
                 if region.trip is None and job.priority == READAHEAD:
                     region.trip = trip
                 else:  # a reader came meanwhile, or another trip is set: no tripwire after all
