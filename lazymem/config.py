@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 
+from .kernel.limits import meminfo
+
 MAX_RESIDENT_ENV = "LAZYMEM_MAX_RESIDENT"
 DEFAULT_FRACTION_OF_AVAILABLE = 0.5  # like LLNL umap's buffer size: a share of what is free now
 
@@ -51,11 +53,7 @@ def set_max_resident(size: int | str | None) -> None:
 
 
 def available_memory() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 2**31  # pragma: no cover - every Linux since 3.14 has MemAvailable
+    return meminfo().get("MemAvailable", 2**31)  # every Linux since 3.14 has MemAvailable
 
 
 def default_max_resident() -> int:

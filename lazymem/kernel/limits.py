@@ -1,4 +1,4 @@
-"""Resource limits the design needs raised."""
+"""What the kernel lets us have: resource limits the design needs raised, and memory (/proc/meminfo)."""
 
 from __future__ import annotations
 
@@ -18,3 +18,15 @@ def raise_open_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError):
             pass
+
+
+def meminfo() -> dict[str, int]:
+    """``/proc/meminfo`` as numbers: sizes in bytes (``MemAvailable``), counts as they are
+    (``HugePages_Free``)."""
+    fields: dict[str, int] = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            number, *unit = value.split()
+            fields[name] = int(number) * (1024 if unit == ["kB"] else 1)
+    return fields

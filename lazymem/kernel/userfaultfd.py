@@ -19,6 +19,8 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from .limits import meminfo
+
 PAGE_SIZE = mmap.PAGESIZE
 
 # --- syscall / device -------------------------------------------------------------------------
@@ -403,12 +405,8 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
 
 def huge_pages() -> tuple[int, int]:
     """The default huge page size and how many of them the pool has free and not reserved."""
-    fields: dict[str, int] = {}
-    with open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            name, _, value = line.partition(":")
-            fields[name] = int(value.split()[0])
-    return fields.get("Hugepagesize", 0) * 1024, fields.get("HugePages_Free", 0) - fields.get("HugePages_Rsvd", 0)
+    fields = meminfo()
+    return fields.get("Hugepagesize", 0), fields.get("HugePages_Free", 0) - fields.get("HugePages_Rsvd", 0)
 
 
 def round_up(n: int, multiple: int = PAGE_SIZE) -> int:
