@@ -51,6 +51,46 @@ def _offsets(sizes: np.ndarray) -> np.ndarray:
     return offsets
 
 
+_BLOCK = 1024
+
+
+class _Prefix:
+    """Exclusive prefix sums ``P`` of a size column (``P[0] = 0``, ``P[n]`` = the total), without
+    building them: one int64 per 1024 sizes, the rest summed on demand (at most 1024 values).
+
+    A 1 TiB array in 1 MiB frames has a million frames: its full offset columns (8 MiB each, fresh
+    memory at ~1 ms per MiB on these VMs, plus a cumsum) would cost a monitor's first fault ~10 ms.
+    """
+
+    __slots__ = ("sizes", "starts")
+
+    def __init__(self, sizes: np.ndarray) -> None:
+        self.sizes = sizes
+        whole = len(sizes) // _BLOCK * _BLOCK
+        sums = np.zeros(len(sizes) // _BLOCK + 1, dtype=np.int64)  # sums[b] = total before block b
+        if whole:
+            sums[1:] = sizes[:whole].reshape(-1, _BLOCK).sum(axis=1, dtype=np.int64)
+            np.cumsum(sums, out=sums)
+        self.starts = sums
+
+    def at(self, index: int) -> int:
+        """``P[index]``, for ``0 <= index <= n``."""
+        block = index // _BLOCK
+        return int(self.starts[block]) + int(self.sizes[block * _BLOCK : index].sum(dtype=np.int64))
+
+    def search(self, value: int, side: str) -> int:
+        """``np.searchsorted(P, value, side)`` over the ``n + 1`` entries of ``P``."""
+        block = int(np.searchsorted(self.starts, value, side=side)) - 1  # type: ignore[call-overload]
+        if block < 0:
+            return 0
+        lo = block * _BLOCK
+        local = np.empty(min(_BLOCK, len(self.sizes) - lo) + 1, dtype=np.int64)
+        local[0] = self.starts[block]
+        local[1:] = self.sizes[lo : lo + len(local) - 1]
+        np.cumsum(local, out=local)
+        return lo + int(np.searchsorted(local, value, side=side))  # type: ignore[call-overload]
+
+
 @dataclass(frozen=True, eq=False)
 class FrameTable:
     """Where each frame lies in the stored object and in the decompressed stream.
@@ -80,15 +120,35 @@ class FrameTable:
         return _offsets(self.decompressed_sizes)
 
     @cached_property
-    def _decompressed_ends(self) -> np.ndarray:
-        return self.decompressed_offsets + self.decompressed_sizes
+    def _compressed_prefix(self) -> _Prefix:
+        return _Prefix(self.compressed_sizes)
+
+    @cached_property
+    def _decompressed_prefix(self) -> _Prefix:
+        return _Prefix(self.decompressed_sizes)
 
     def compressed_offset(self, index: int) -> int:
-        """Offset of frame ``index`` in the stored object, without building every frame's offset
-        for the first few frames (opening a file reads frame 0 only)."""
-        if index < 1024 and "compressed_offsets" not in self.__dict__:
-            return int(self.compressed_sizes[:index].sum())
-        return int(self.compressed_offsets[index])
+        """Offset of frame ``index`` in the stored object (without building every frame's offset:
+        faults and fetches look up a few frames at a time)."""
+        if "compressed_offsets" in self.__dict__:
+            return int(self.compressed_offsets[index])
+        if index < _BLOCK:  # opening a file reads frame 0: no need for the block sums
+            return int(self.compressed_sizes[:index].sum(dtype=np.int64))
+        return self._compressed_prefix.at(index)
+
+    def compressed_offsets_of(self, indices: Sequence[int]) -> list[int]:
+        """Offsets of some frames in the stored object: looked up one by one for a few frames (a
+        chunk's), from the full column for many (an eager load)."""
+        if len(indices) > 64:
+            offsets = self.compressed_offsets
+            return [int(offsets[i]) for i in indices]
+        return [self.compressed_offset(i) for i in indices]
+
+    def decompressed_offset(self, index: int) -> int:
+        """Offset of frame ``index``'s first byte in the decompressed stream."""
+        if "decompressed_offsets" in self.__dict__:
+            return int(self.decompressed_offsets[index])
+        return self._decompressed_prefix.at(index)
 
     @classmethod
     def from_sizes(
@@ -140,12 +200,12 @@ class FrameTable:
         """Number of frames, including empty ones."""
         return len(self.compressed_sizes)
 
-    @property
+    @cached_property
     def compressed_total(self) -> int:
         """Stored bytes covered by the frames (the seek table itself excluded)."""
         return int(self.compressed_sizes.sum()) if len(self) else 0
 
-    @property
+    @cached_property
     def decompressed_total(self) -> int:
         """Length of the decompressed stream."""
         return int(self.decompressed_sizes.sum()) if len(self) else 0
@@ -171,12 +231,10 @@ class FrameTable:
             raise ValueError(f"range [{start}, {stop}) is outside the stream [0, {total})")
         if start == stop:
             return range(0)
-        ends = self._decompressed_ends
-        # First frame that ends after `start` (empty frames at `start` end *at* it, so are skipped);
-        # one past the last frame that begins before `stop`.
-        first = int(np.searchsorted(ends, start, side="right"))
-        last = int(np.searchsorted(self.decompressed_offsets, stop, side="left"))
-        return range(first, last)
+        # First frame that ends after `start` (empty frames at `start` end *at* it, so are skipped):
+        # frame i ends at P[i + 1]. One past the last frame that begins before `stop`: P[i] < stop.
+        prefix = self._decompressed_prefix
+        return range(prefix.search(start, "right") - 1, prefix.search(stop, "left"))
 
     def frame_at(self, offset: int) -> int:
         """Index of the non-empty frame holding stream byte ``offset``."""
@@ -364,13 +422,12 @@ class FramedSource:
 
     def _plan_runs(self, indices: Sequence[int], max_gap: int, max_run_bytes: int | None) -> list[_Run]:
         """Group frames into requests: adjacent frames (or ones a small gap apart) share a request."""
-        offsets = self.table.compressed_offsets
         sizes = self.table.compressed_sizes
         runs: list[_Run] = []
         members: list[int] = []
         run_start = run_end = 0
-        for index in sorted(set(indices)):
-            start = int(offsets[index])
+        ordered = sorted(set(indices))
+        for index, start in zip(ordered, self.table.compressed_offsets_of(ordered)):
             end = start + int(sizes[index])
             too_big = max_run_bytes is not None and end - run_start > max_run_bytes
             if members and start - run_end <= max_gap and not too_big:
@@ -410,13 +467,12 @@ class FramedSource:
                 raise IndexError(f"frame index {index} out of range (the object has {n} frames)")
         runs = self._plan_runs(indices, max_gap, max_run_bytes)
         blobs = self._cat_ranges([(run.start, run.end) for run in runs])
-        offsets = self.table.compressed_offsets
         sizes = self.table.compressed_sizes
         by_index: dict[int, memoryview] = {}
         for run, blob in zip(runs, blobs):
             view = memoryview(blob)
-            for index in run.frames:
-                start = int(offsets[index]) - run.start
+            for index, offset in zip(run.frames, self.table.compressed_offsets_of(run.frames)):
+                start = offset - run.start
                 by_index[index] = view[start : start + int(sizes[index])]
         return [by_index[index] for index in indices]
 
@@ -471,7 +527,7 @@ class FramedSource:
 
     def _decode_overlap(self, index: int, blob: memoryview, start: int, out: memoryview) -> None:
         """Put the part of frame ``index`` that falls in ``[start, start + len(out))`` into ``out``."""
-        frame_start = int(self.table.decompressed_offsets[index])
+        frame_start = self.table.decompressed_offset(index)
         frame_size = int(self.table.decompressed_sizes[index])
         stop = start + len(out)
         if start <= frame_start and frame_start + frame_size <= stop:

@@ -1,0 +1,57 @@
+"""Frame tables answer lookups without building full offset columns: check them against numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lazymem.sources.frames import _BLOCK, FrameTable, _Prefix
+
+# Sizes around the block length, with runs of empty frames (skippable frames have no stream bytes).
+sizes_lists = st.lists(st.sampled_from([0, 0, 1, 3, 4096, 1 << 20, (1 << 32) - 1]), max_size=3 * _BLOCK + 5)
+
+
+def _reference(sizes: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(sizes.astype(np.int64))])
+
+
+@settings(max_examples=150, deadline=None)
+@given(sizes_lists, st.data())
+def test_prefix_matches_cumsum(values: list[int], data: st.DataObject) -> None:
+    sizes = np.array(values, dtype=np.uint32)
+    reference = _reference(sizes)
+    prefix = _Prefix(sizes)
+    for index in [*data.draw(st.lists(st.integers(0, len(sizes)), max_size=20)), 0, len(sizes)]:
+        assert prefix.at(index) == reference[index]
+    total = int(reference[-1])
+    probes = [*data.draw(st.lists(st.integers(0, total + 1), max_size=20)), 0, total]
+    probes += [int(v) for v in reference[:: max(1, len(reference) // 7)]]  # exact boundaries
+    for value in probes:
+        for side in ("left", "right"):
+            assert prefix.search(value, side) == np.searchsorted(reference, value, side=side)
+
+
+@settings(max_examples=150, deadline=None)
+@given(sizes_lists, st.data())
+def test_frame_lookups_match_full_columns(values: list[int], data: st.DataObject) -> None:
+    sizes = np.array(values, dtype=np.uint32)
+    table = FrameTable.from_sizes(sizes[::-1].copy(), sizes)
+    fresh = FrameTable.from_sizes(sizes[::-1].copy(), sizes)  # lookups before any full column exists
+    reference = _reference(sizes)
+    total = int(reference[-1])
+    assert table.decompressed_total == total
+    for index in data.draw(st.lists(st.integers(0, max(len(sizes) - 1, 0)), max_size=10)) if len(sizes) else []:
+        assert fresh.compressed_offset(index) == table.compressed_offsets[index]
+        assert fresh.decompressed_offset(index) == table.decompressed_offsets[index]
+    if len(sizes) > 64:
+        indices = list(range(0, len(sizes), 3))
+        assert fresh.compressed_offsets_of(indices) == [int(table.compressed_offsets[i]) for i in indices]
+    for _ in range(10):
+        start = data.draw(st.integers(0, total))
+        stop = data.draw(st.integers(start, total))
+        expected = range(0) if start == stop else range(
+            int(np.searchsorted(reference[1:], start, side="right")),
+            int(np.searchsorted(reference[:-1], stop, side="left")),
+        )
+        assert fresh.frames_for(start, stop) == expected
