@@ -132,6 +132,7 @@ class Dataset:
             "generator": datagen.GENERATOR_VERSION,
             "chunk_bytes": CHUNK_BYTES,
             "level": LEVEL,
+            "layout": "lazymem.save default frames (1 MiB) and layout frame",  # older files: one frame per chunk
         }
 
     def ready(self) -> bool:
@@ -212,7 +213,8 @@ class ZeroChunkFiles:
             flat, per_chunk = data.reshape(-1), CHUNK_BYTES // data.itemsize
             for start in range(per_chunk, flat.size, 2 * per_chunk):
                 flat[start : start + per_chunk] = 0
-            lazymem.save(str(self.zero_frames), data, chunk_bytes=CHUNK_BYTES, level=LEVEL)
+            # One frame per chunk, as the zstd-frames file: the two differ in the zero frames alone.
+            lazymem.save(str(self.zero_frames), data, chunk_bytes=CHUNK_BYTES, frame_bytes=CHUNK_BYTES, level=LEVEL)
             contenders.write_zstd_frames(str(self.zstd_frames), data, CHUNK_BYTES, LEVEL)
             for path in (self.zero_frames, self.zstd_frames):
                 if not np.array_equal(lazymem.load(str(path)), data):
@@ -789,12 +791,12 @@ def first_element(
 def make_huge(directory: Path, quick: bool) -> list[tuple[str, str, int]]:
     """Huge all-zeros arrays that cost nothing to store: 1 TiB written directly, 16 GiB via lazymem.save."""
     out = []
-    tib = directory / "zeros-1TiB-zf.npy.zst"  # -zf: zero frames (older files held zstd frames)
+    tib = directory / "zeros-1TiB-zf-lf.npy.zst"  # zero frames and a layout frame (as lazymem.save now)
     if not tib.exists():
         contenders.write_zeros_seekable(str(tib), 2**40 // 4)
     out.append(("1 TiB zeros (hand-written file)", str(tib), 2**40))
     if not quick:
-        g16 = directory / "zeros-16GiB-saved-zf.npy.zst"
+        g16 = directory / "zeros-16GiB-saved-lf.npy.zst"  # lazymem.save's default frames, layout frame
         if not g16.exists():
             t = time.perf_counter()
             lazymem.save(str(g16), np.broadcast_to(np.float32(0), (16 * GiB // 4,)))

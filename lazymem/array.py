@@ -62,11 +62,15 @@ class Stats:
 
 
 def _choose_chunk_bytes(reader: Any, nbytes: int, requested: int | None) -> int:
-    """Install unit: one frame for our own files, else a page multiple near the frame size."""
+    """Install unit: the chunk size our own files name, else one frame for files laid out like
+    ours, else a page multiple near the frame size."""
     if requested is not None:
         if requested <= 0 or requested % PAGE_SIZE:
             raise ValueError(f"chunk_bytes must be a positive multiple of {PAGE_SIZE} (got {requested!r})")
         return requested
+    hint = reader.chunk_bytes_hint
+    if hint is not None and hint % PAGE_SIZE == 0 and hint <= MAX_CHUNK_BYTES:
+        return min(hint, round_up(max(nbytes, 1)))  # as saved: a chunk of several frames
     table = reader.table
     sizes = np.asarray(table.decompressed_sizes)
     data_offset = reader.header.data_offset
@@ -265,8 +269,10 @@ def _selection_extents(arr: np.ndarray, key: Any) -> tuple[np.ndarray, np.ndarra
 def _chunks_under(arr: LazyArray, key: Any, handle: _Handle) -> list[int]:
     """Chunk numbers holding the elements ``arr[key]``, found without touching the data."""
     if key is Ellipsis or _is_basic_index(key):
-        view = np.ndarray.__getitem__(arr, key)
-        view = np.asarray(view)
+        items = key if isinstance(key, tuple) else (key,)
+        if not any(item is Ellipsis for item in items):
+            items = (*items, Ellipsis)  # a[5] would read the element; a[5, ...] is a 0-d view
+        view = np.asarray(np.ndarray.__getitem__(arr, items))
         if view.size == 0:
             return []
         byte_bounds = getattr(np.lib, "array_utils", np).byte_bounds

@@ -1,11 +1,13 @@
 """Write arrays in the native format: a seekable zstd file holding a ``.npy`` stream.
 
-Layout: frame 0 holds the ``.npy`` header alone; frame ``k >= 1`` holds data bytes
-``[(k-1) * chunk_bytes, k * chunk_bytes)`` (the last may be shorter); the zstd seek table ends the
-file. Because ``chunk_bytes`` is a multiple of the page size and the data starts a frame, every
-frame maps onto whole pages of the array, which is what the lazy loader installs. All-zero chunks
-are stored as frames of RLE zero blocks (:mod:`lazymem.sources.zero_frames`), which readers
-recognise without decompressing.
+Layout: frame 0 holds the ``.npy`` header alone; then each chunk of ``chunk_bytes`` data bytes
+(the last may be shorter) is stored as a few frames of ``frame_bytes`` (the last of a chunk may be
+shorter); a layout frame naming ``chunk_bytes`` (:mod:`lazymem.sources.layout_frame`) and the zstd
+seek table end the file. Because both sizes are multiples of the page size and the data starts a
+frame, every frame maps onto whole pages of the array, which is what the lazy loader installs: a
+chunk at a time, waking a reader as soon as the frame it waits for is decoded. All-zero frames are
+stored as RLE zero blocks (:mod:`lazymem.sources.zero_frames`), which readers recognise without
+decompressing.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from lazymem.errors import UnsupportedDtypeError
 from lazymem.sources.frames import storage_errors
+from lazymem.sources.layout_frame import LAYOUT_FRAME_SIZE, layout_frame
 from lazymem.sources.npy_header import npy_header_bytes
 from lazymem.sources.seekable_zstd import MAX_FRAMES, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC
 from lazymem.sources.zero_frames import zero_frame
@@ -35,24 +38,45 @@ from lazymem.sources.zero_frames import zero_frame
 __all__ = ["DEFAULT_CHUNK_BYTES", "save", "seek_table_bytes"]
 
 DEFAULT_CHUNK_BYTES = 4 << 20
-"""Decompressed bytes per data frame: big enough to amortise a fault round trip (see DESIGN.md)."""
+"""Decompressed bytes per chunk, the unit a fault installs: big enough to amortise a fault round
+trip (see DESIGN.md)."""
+FRAME_TARGET = 1 << 20
+"""Most decompressed bytes per frame by default: a reader waits for its own frame only (on these
+VMs ~2 ms to decode 1 MiB, ~9 ms for 4 MiB; 1 MiB frames compress as well as 4 MiB ones)."""
+TABLE_FRAMES = 1 << 18
+"""Chunks split into frames only while the seek table, read by every ``open``, stays within this
+many entries (2 MiB): a 1 TiB array keeps one frame per 4 MiB chunk."""
 
 _U32_MAX = 0xFFFFFFFF
 
 
-def _check_chunk_bytes(chunk_bytes: int) -> int:
-    if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, (int, np.integer)):
-        raise TypeError(f"chunk_bytes must be an int, got {type(chunk_bytes).__name__}")
-    chunk_bytes = int(chunk_bytes)
+def _check_size(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
     page = mmap.PAGESIZE
-    if chunk_bytes <= 0 or chunk_bytes % page:
+    if value <= 0 or value % page:
         raise ValueError(
-            f"chunk_bytes must be a positive multiple of the page size ({page} bytes), got {chunk_bytes}: "
+            f"{name} must be a positive multiple of the page size ({page} bytes), got {value}: "
             "chunks are installed as whole pages"
         )
-    if chunk_bytes > _U32_MAX:
-        raise ValueError(f"chunk_bytes must be below 4 GiB (the seek table stores u32 sizes), got {chunk_bytes}")
-    return chunk_bytes
+    if value > _U32_MAX:
+        raise ValueError(f"{name} must be below 4 GiB (the seek table stores u32 sizes), got {value}")
+    return value
+
+
+def _frame_bytes(chunk_bytes: int, nbytes: int, requested: int | None) -> int:
+    """Decompressed bytes per frame: as requested, else chunks cut into equal frames of at most
+    FRAME_TARGET, as long as the seek table stays within TABLE_FRAMES entries."""
+    if requested is not None:
+        frame_bytes = _check_size("frame_bytes", requested)
+        if frame_bytes > chunk_bytes:
+            raise ValueError(f"frame_bytes ({frame_bytes}) must not exceed chunk_bytes ({chunk_bytes})")
+        return frame_bytes
+    chunks = max(1, -(-nbytes // chunk_bytes))
+    per_chunk = max(1, min(-(-chunk_bytes // FRAME_TARGET), TABLE_FRAMES // chunks))
+    page = mmap.PAGESIZE
+    return -(-chunk_bytes // per_chunk // page) * page if per_chunk > 1 else chunk_bytes
 
 
 def seek_table_bytes(compressed_sizes: np.ndarray, decompressed_sizes: np.ndarray) -> bytes:
@@ -182,10 +206,18 @@ def _compress_chunk(chunk: Any, level: int) -> bytes:
     return frame
 
 
+def _frames(chunks: Iterator[Any], frame_bytes: int) -> Iterator[Any]:
+    """Each chunk's frames: pieces of ``frame_bytes`` (views, no copy), the last of a chunk shorter."""
+    for chunk in chunks:
+        view = memoryview(chunk).cast("B")
+        for start in range(0, len(view), frame_bytes):
+            yield view[start : start + frame_bytes]
+
+
 def _write_frames(
     out: BinaryIO, header: bytes, chunks: Iterator[Any], level: int, threads: int
 ) -> tuple[list[int], list[int]]:
-    """Compress and write frame 0 (header) and the data chunks in order; return the frame sizes."""
+    """Compress and write frame 0 (header) and the data frames in order; return the frame sizes."""
     compressed_sizes: list[int] = []
     decompressed_sizes: list[int] = []
 
@@ -265,6 +297,7 @@ def save(
     array: Any,
     *,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    frame_bytes: int | None = None,
     level: int = 3,
     storage_options: dict[str, Any] | None = None,
     threads: int | None = None,
@@ -283,7 +316,14 @@ def save(
         Anything ``np.asanyarray`` accepts. C-contiguous data is stored as is, F-contiguous data in
         Fortran order (as ``np.save`` does), anything else in C order, without a whole copy.
     chunk_bytes : int
-        Decompressed bytes per data frame; a positive multiple of the page size, below 4 GiB.
+        Decompressed bytes per chunk, the unit ``lazymem.open`` fetches and installs on a fault; a
+        positive multiple of the page size, below 4 GiB.
+    frame_bytes : int, optional
+        Decompressed bytes per zstd frame within a chunk (the last frame of a chunk may be
+        shorter), the unit decoded and checksummed: a reader that faults waits for its own frame
+        only. A multiple of the page size, at most ``chunk_bytes``. Default: chunks cut into equal
+        frames of at most 1 MiB, unless the seek table would pass 262,144 entries (2 MiB, read by
+        every ``open``); then one frame per chunk.
     level : int
         zstd compression level.
     storage_options : dict, optional
@@ -296,31 +336,38 @@ def save(
     UnsupportedDtypeError
         The dtype holds Python objects.
     ValueError
-        ``chunk_bytes`` is not a positive multiple of the page size below 4 GiB, or the array
-        needs more frames than the seekable format allows.
+        ``chunk_bytes`` or ``frame_bytes`` is not a positive multiple of the page size below
+        4 GiB, ``frame_bytes`` exceeds ``chunk_bytes``, or the array needs more frames than the
+        seekable format allows.
     FetchError
         Writing to storage failed.
     """
     array = np.asanyarray(array)
     if array.dtype.hasobject:
         raise UnsupportedDtypeError(f"cannot save dtype {array.dtype!r}: it holds Python objects (pointers), not data")
-    chunk_bytes = _check_chunk_bytes(chunk_bytes)
+    chunk_bytes = _check_size("chunk_bytes", chunk_bytes)
     data = array.view(np.ndarray)  # subclasses (matrix, masked) are saved as their data, like np.save
-    n_frames = 1 + -(-data.nbytes // chunk_bytes)
+    frame_bytes = _frame_bytes(chunk_bytes, data.nbytes, frame_bytes)
+    whole, rest = divmod(data.nbytes, chunk_bytes)
+    n_frames = 2 + whole * -(-chunk_bytes // frame_bytes) + -(-rest // frame_bytes)  # + header, layout
     if n_frames > MAX_FRAMES:
         raise ValueError(
-            f"{data.nbytes} bytes in chunks of {chunk_bytes} need {n_frames} frames; the seekable format "
-            f"allows at most {MAX_FRAMES}: use a larger chunk_bytes"
+            f"{data.nbytes} bytes in frames of {frame_bytes} need {n_frames} frames; the seekable format "
+            f"allows at most {MAX_FRAMES}: use a larger chunk_bytes or frame_bytes"
         )
     if threads is None:
         threads = os.cpu_count() or 1
-    threads = max(1, min(int(threads), n_frames - 1))
+    threads = max(1, min(int(threads), n_frames - 2))
     # np.save's rule: Fortran order only for arrays that are F- but not C-contiguous.
     fortran_order = bool(data.flags.f_contiguous and not data.flags.c_contiguous)
     header = npy_header_bytes(data.dtype, data.shape, fortran_order)
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     target = _local_target(path) if isinstance(fs, LocalFileSystem) else _remote_target(fs, path)
     with target as out:
-        sizes = _write_frames(out, header, _data_chunks(data, fortran_order, chunk_bytes), level, threads)
+        chunks = _data_chunks(data, fortran_order, chunk_bytes)
+        compressed, decompressed = _write_frames(out, header, _frames(chunks, frame_bytes), level, threads)
         with storage_errors(path, "writing"):
-            out.write(seek_table_bytes(np.array(sizes[0]), np.array(sizes[1])))
+            out.write(layout_frame(chunk_bytes))
+            compressed.append(LAYOUT_FRAME_SIZE)
+            decompressed.append(0)
+            out.write(seek_table_bytes(np.array(compressed), np.array(decompressed)))

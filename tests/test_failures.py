@@ -18,15 +18,21 @@ from lazymem.sources import open_source
 from .conftest import run_python
 
 
-def _corrupt_chunk(path: str, frame: int) -> None:
-    """Flip a byte in the middle of a stored frame (its checksum no longer matches)."""
-    table = open_source(path).table
-    middle = int(table.compressed_offsets[frame]) + int(table.compressed_sizes[frame]) // 2
+def _corrupt_chunk(path: str, chunk: int, *, last_frame_only: bool = False) -> None:
+    """Flip a byte in the middle of each stored frame of data chunk ``chunk`` (or of its last
+    frame only): their checksums no longer match."""
+    reader = open_source(path)
+    table, chunk_bytes = reader.table, reader.chunk_bytes_hint
+    assert chunk_bytes is not None
+    start = reader.data_offset + chunk * chunk_bytes
+    frames = list(table.frames_for(start, start + chunk_bytes))
     with open(path, "r+b") as f:
-        f.seek(middle)
-        byte = f.read(1)
-        f.seek(middle)
-        f.write(bytes([byte[0] ^ 0x40]))
+        for frame in frames[-1:] if last_frame_only else frames:
+            middle = int(table.compressed_offsets[frame]) + int(table.compressed_sizes[frame]) // 2
+            f.seek(middle)
+            byte = f.read(1)
+            f.seek(middle)
+            f.write(bytes([byte[0] ^ 0x40]))
 
 
 @pytest.fixture
@@ -34,7 +40,7 @@ def corrupt(tmp_path: Path) -> tuple[str, np.ndarray]:
     src = np.random.default_rng(0).standard_normal(2**20)  # 8 MiB: 8 chunks of 1 MiB
     path = str(tmp_path / "corrupt.npy.zst")
     lazymem.save(path, src, chunk_bytes=2**20)
-    _corrupt_chunk(path, frame=4)  # frame 0 is the header: data chunk 3
+    _corrupt_chunk(path, 3)
     return path, src
 
 
@@ -73,6 +79,32 @@ def test_transparent_access_to_a_corrupt_chunk_gets_sigbus_with_a_message(corrup
     assert result.returncode == -signal.SIGBUS, (result.returncode, result.stdout, result.stderr)
     assert "before True" in result.stdout and "NEVER" not in result.stdout
     assert "chunk 3" in result.stderr and path in result.stderr and "CorruptChunkError" in result.stderr
+
+
+def test_a_chunk_whose_last_frame_is_corrupt_shows_the_verified_frame_and_poisons_the_rest(tmp_path: Path) -> None:
+    # A fault wakes its reader once the reader's own frame is verified (see layout_frame): that
+    # frame reads right; the chunk then fails as a whole, and the rest of it is poisoned.
+    src = np.random.default_rng(1).standard_normal(2**20)  # 8 MiB: 8 chunks of 1 MiB, 4 frames each
+    path = str(tmp_path / "last-frame.npy.zst")
+    lazymem.save(path, src, chunk_bytes=2**20, frame_bytes=2**18)
+    _corrupt_chunk(path, 3, last_frame_only=True)
+    per_chunk, per_frame = 2**20 // 8, 2**18 // 8
+    a = lazymem.open(path, readahead=0)
+    with pytest.raises(lazymem.CorruptChunkError):
+        a.prefetch(np.s_[3 * per_chunk + 3 * per_frame])
+    result = run_python(
+        f"""
+        import faulthandler, numpy as np, lazymem
+        faulthandler.disable()
+        a = lazymem.open({path!r}, readahead=0)
+        src = np.random.default_rng(1).standard_normal(2**20)
+        print("first", float(a[{3 * per_chunk + 5}]) == float(src[{3 * per_chunk + 5}]), flush=True)
+        value = a[{4 * per_chunk - 1}]
+        print("NEVER", value, flush=True)
+        """
+    )
+    assert result.returncode == -signal.SIGBUS, (result.returncode, result.stdout, result.stderr)
+    assert "first True" in result.stdout and "NEVER" not in result.stdout and "chunk 3" in result.stderr
 
 
 def test_a_missing_object_at_fault_time_fails_loudly(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from lazymem.errors import TruncatedFileError
 from lazymem.sources import RawNpyReader, SeekableZstdReader, open_source, seekable_zstd
 from lazymem.sources.frames import FrameTable
 from lazymem.sources.local_batches import MappedBatches, PreadBatches, local_batches
-from lazymem.writer import save, seek_table_bytes
+from lazymem.writer import _frame_bytes, save, seek_table_bytes
 
 pyzstd = pytest.importorskip("pyzstd")
 
@@ -101,21 +101,28 @@ def arrays_any_layout(draw: st.DrawFn) -> np.ndarray:
 
 
 @SETTINGS
-@given(array=arrays_any_layout(), chunk_bytes=st.sampled_from(CHUNKS), threads=st.sampled_from([1, 2]))
-def test_save_load_round_trip(tmp_path: Path, array: np.ndarray, chunk_bytes: int, threads: int) -> None:
+@given(array=arrays_any_layout(), chunk_bytes=st.sampled_from(CHUNKS), threads=st.sampled_from([1, 2]),
+       frames=st.sampled_from([None, PAGE, 2 * PAGE]))
+def test_save_load_round_trip(tmp_path: Path, array: np.ndarray, chunk_bytes: int, threads: int,
+                              frames: int | None) -> None:
     path = str(tmp_path / f"{uuid.uuid4().hex}.npy.zst")
-    save(path, array, chunk_bytes=chunk_bytes, threads=threads)
+    frames = frames if frames is None or frames <= chunk_bytes else None
+    save(path, array, chunk_bytes=chunk_bytes, frame_bytes=frames, threads=threads)
     assert_same_array(load(path, threads=threads), array)
     # The decompressed stream is exactly what np.save writes.
     reader = open_source(path)
     stream = bytearray(reader.stream_size)
     reader.read_into(0, stream)
     assert bytes(stream) == npy_bytes(array)
-    # Native layout: header alone in frame 0, then full chunks.
+    # Native layout: header alone in frame 0, then each chunk's frames, then the layout frame.
     sizes = reader.table.decompressed_sizes
     assert sizes[0] == reader.header.data_offset
-    assert all(s == chunk_bytes for s in sizes[1:-1])
-    assert sum(sizes[1:]) == array.nbytes
+    assert sizes[-1] == 0 and reader.chunk_bytes_hint == chunk_bytes
+    frame_bytes = _frame_bytes(chunk_bytes, array.nbytes, frames)
+    expected = [min(frame_bytes, chunk_bytes - start, array.nbytes - chunk - start)
+                for chunk in range(0, array.nbytes, chunk_bytes) for start in range(0, chunk_bytes, frame_bytes)
+                if chunk + start < array.nbytes]
+    assert list(sizes[1:-1]) == expected
     os.unlink(path)
 
 
@@ -271,13 +278,14 @@ def test_open_costs_two_requests_and_fetch_coalesces(tmp_path: Path) -> None:
 
 def test_big_seek_table_needs_a_second_read(tmp_path: Path) -> None:
     path = str(tmp_path / "many.npy.zst")
-    array = np.zeros(9000 * PAGE // 8)  # 9001 frames: the table (72 KiB) exceeds the 64 KiB tail read
+    array = np.zeros(9000 * PAGE // 8)  # 9002 frames: the table (72 KiB) exceeds the 64 KiB tail read
     save(path, array, chunk_bytes=PAGE)
     fs = CountingFileSystem()
     CountingFileSystem.requests = []
     reader = SeekableZstdReader.open(fs, path)
-    assert len(reader.table) == 9001
-    assert len(CountingFileSystem.requests) == 3
+    assert len(reader.table) == 9002  # header, data, layout frame
+    assert len(CountingFileSystem.requests) == 3  # the second tail read holds the layout frame too
+    assert reader.chunk_bytes_hint == PAGE
     assert_same_array(load(path), array)
 
 
@@ -528,3 +536,26 @@ def test_load_into_a_given_array_and_refuse_a_wrong_one(tmp_path: Path) -> None:
     frozen.flags.writeable = False
     with pytest.raises(ValueError, match="writeable"):
         load(path, out=frozen)
+
+
+def test_read_into_decodes_the_frame_asked_for_first(tmp_path: Path) -> None:
+    # The monitor wakes a faulting reader when its frame is done: that frame must be decoded, and
+    # final, before any other frame of the chunk is touched.
+    path = str(tmp_path / "frames.npy.zst")
+    array = np.random.default_rng(5).integers(0, 255, 4 * PAGE + 100, dtype=np.uint8)
+    save(path, array, chunk_bytes=8 * PAGE, frame_bytes=PAGE)
+    reader = open_source(path)
+    expected = np.frombuffer(npy_bytes(array), dtype=np.uint8)[reader.data_offset :]
+    for first_at in (0, 2 * PAGE + 7, 4 * PAGE + 99):
+        out = bytearray(b"\xaa" * len(expected))
+        seen: list[tuple[int, int, bytes]] = []
+
+        def on_first(lo: int, hi: int, out: bytearray = out, seen: list = seen) -> None:
+            seen.append((lo, hi, bytes(out)))
+
+        assert reader.read_into(reader.data_offset, out, first_at=first_at, on_first=on_first) is False
+        assert bytes(out) == expected.tobytes()
+        [(lo, hi, snapshot)] = seen
+        assert lo == first_at - first_at % PAGE and hi == min(lo + PAGE, len(expected))
+        assert snapshot[lo:hi] == expected[lo:hi].tobytes()
+        assert snapshot[:lo] + snapshot[hi:] == b"\xaa" * (len(expected) - (hi - lo))  # nothing else yet

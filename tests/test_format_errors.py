@@ -268,7 +268,7 @@ def test_parse_seek_table_needs_the_whole_table(native: tuple[Path, np.ndarray])
     path, _ = native
     data = path.read_bytes()
     needed = seek_table_size(data[-9:])
-    assert parse_seek_table(data[-needed:], len(data)).n_frames == 8
+    assert parse_seek_table(data[-needed:], len(data)).n_frames == 9  # header, 7 data, layout
     with pytest.raises(ValueError, match=f"needs the last {needed} bytes"):
         parse_seek_table(data[-needed + 1 :], len(data))
     with pytest.raises(ValueError, match=r"more than the file size"):

@@ -143,7 +143,7 @@ def test_the_environment_variable_turns_huge_pages_on_and_a_forked_child_reads_t
 def test_a_corrupt_chunk_in_huge_pages_raises_or_gets_sigbus(pool, field8) -> None:
     pool(8)
     path, src = field8
-    _corrupt_chunk(path, frame=3)  # data chunk 2
+    _corrupt_chunk(path, 2)
     a = lazymem.open(path, huge_pages=True, readahead=0)
     with pytest.raises(lazymem.CorruptChunkError):
         a.prefetch()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -341,6 +341,8 @@ class FramedSource:
     """
 
     format_name = "framed"
+    chunk_bytes_hint: int | None = None
+    """The chunk size the writer chose (files written by :func:`lazymem.save` name it), if known."""
 
     fs: Any
     """The fsspec filesystem."""
@@ -540,7 +542,15 @@ class FramedSource:
         hi = min(frame_start + frame_size, stop)
         out[lo - start : hi - start] = memoryview(scratch)[lo - frame_start : hi - frame_start]
 
-    def read_into(self, start: int, out: Any, *, skip_zeros: bool = False) -> bool:
+    def read_into(
+        self,
+        start: int,
+        out: Any,
+        *,
+        skip_zeros: bool = False,
+        first_at: int = -1,
+        on_first: Callable[[int, int], None] | None = None,
+    ) -> bool:
         """Fill ``out`` with decompressed stream bytes ``[start, start + len(out))``.
 
         Frames wholly inside the range decode straight into ``out``; the (at most two) frames cut by
@@ -555,6 +565,10 @@ class FramedSource:
         skip_zeros : bool
             If every frame holding the range is a zero frame (see :meth:`is_zero_frame`), leave
             ``out`` untouched and return True: the caller can map zero pages instead of copying.
+        first_at, on_first : int, callable, optional
+            Decode the frame holding ``out[first_at]`` first, then call ``on_first(lo, hi)``: bytes
+            ``out[lo:hi]`` are final (decoded and checksummed). The other frames follow. A monitor
+            wakes the reader waiting for ``first_at`` there, before the rest is decoded.
 
         Returns
         -------
@@ -579,6 +593,15 @@ class FramedSource:
         blobs = self.fetch_views(indices, max_gap=1 << 16)
         if skip_zeros and indices and all(self.is_zero_frame(i, blob) for i, blob in zip(indices, blobs)):
             return True
-        for index, blob in zip(indices, blobs):
-            self._decode_overlap(index, blob, start, view)
+        order = list(range(len(indices)))
+        if on_first is not None and len(indices) > 1 and 0 <= first_at < len(view):
+            first = next(k for k, i in enumerate(indices) if start + first_at < self.table.decompressed_offset(i)
+                         + int(sizes[i]))
+            order.insert(0, order.pop(first))
+        for k in order:
+            self._decode_overlap(indices[k], blobs[k], start, view)
+            if on_first is not None and k == order[0] and len(order) > 1:
+                frame_start = self.table.decompressed_offset(indices[k])
+                lo = max(frame_start, start) - start
+                on_first(lo, min(frame_start + int(sizes[indices[k]]), stop) - start)
         return False

@@ -99,10 +99,12 @@ class RawNpyReader(FramedSource):
             raise CorruptChunkError(f"{self.path}: frame {index}: got {len(compressed)} bytes, expected {expected}")
         view[:] = compressed
 
-    def read_into(self, start: int, out: Any, *, skip_zeros: bool = False) -> bool:
+    def read_into(self, start: int, out: Any, *, skip_zeros: bool = False, first_at: int = -1,
+                  on_first: Any = None) -> bool:
         """Fill ``out`` with file bytes ``[start, start + len(out))`` in one request.
 
         Returns False: ``out`` is always filled (telling zeros apart would cost reading them anyway).
+        ``on_first`` is never called: the bytes arrive together, there is nothing to decode first.
         """
         view = byte_view(out)
         stop = start + len(view)

@@ -32,6 +32,7 @@ from lazymem.errors import (
 )
 
 from .frames import FramedSource, FrameTable, byte_view, object_size
+from .layout_frame import LAYOUT_FRAME_SIZE, parse_layout_frame
 from .npy_header import NpyHeader, npy_header_length, parse_npy_header
 from .zero_frames import ZSTD_MAGIC, is_zero_frame, parse_frame_header
 
@@ -303,6 +304,18 @@ def decode_frame_into(compressed: Any, out: memoryview) -> None:
         raise ValueError(f"frame decompresses to more than the {expected} bytes the seek table says")
 
 
+def _layout_hint(table: FrameTable, tail: bytes, table_bytes: int) -> int | None:
+    """The chunk size named by a layout frame right before the seek table, if there is one and
+    the bytes already read hold it."""
+    n = len(table)
+    if not n or table.decompressed_sizes[n - 1] != 0 or table.compressed_sizes[n - 1] != LAYOUT_FRAME_SIZE:
+        return None
+    end = len(tail) - table_bytes
+    if end < LAYOUT_FRAME_SIZE:
+        return None
+    return parse_layout_frame(tail[end - LAYOUT_FRAME_SIZE : end])
+
+
 class _FrameRangeFile:
     """File-like view of one stored frame, fetched piece by piece (for reading just a prefix)."""
 
@@ -381,12 +394,14 @@ class SeekableZstdReader(FramedSource):
         except SeekTableError as exc:
             raise SeekTableError(f"{path}: {exc}") from None
         if len(tail) < needed <= size:
-            tail = self._cat(size - needed, size)
+            # With the layout frame before the table if it fits (see layout_frame): no third request.
+            tail = self._cat(size - min(size, needed + LAYOUT_FRAME_SIZE), size)
         try:
             table = parse_seek_table(tail, size)
         except (SeekTableError, TruncatedFileError) as exc:
             raise type(exc)(f"{path}: {exc}") from None
         self.table = table
+        self.chunk_bytes_hint = _layout_hint(table, tail, needed)
         self.stream_size = table.decompressed_total
         self.checksummed = None  # _note_checksum sets it from the first frame read
         self.header = self._read_header()
