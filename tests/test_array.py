@@ -283,26 +283,36 @@ def test_a_demand_install_copies_the_readers_piece_first_and_everything_arrives(
     from lazymem.monitor.server import FIRST_PIECE, _pieces
 
     chunk = 4 * FIRST_PIECE
-    for fault_at in (0, 1, FIRST_PIECE - 1, FIRST_PIECE, 2 * FIRST_PIECE + 5, chunk - 1):
-        pieces = _pieces(chunk, fault_at)
-        assert pieces[0][0] <= fault_at < pieces[0][1]
-        assert sum(b - a for a, b in pieces) == chunk
-        covered = sorted(pieces)
-        assert covered[0][0] == 0 and covered[-1][1] == chunk
-        assert all(x[1] == y[0] for x, y in itertools.pairwise(covered))
-    assert _pieces(chunk, -1) == [(0, chunk)]
-    assert _pieces(FIRST_PIECE, 7) == [(0, FIRST_PIECE)]
-    assert _pieces(FIRST_PIECE + 4096, FIRST_PIECE) == [(FIRST_PIECE, FIRST_PIECE + 4096), (0, FIRST_PIECE)]
+    for lo, hi in ((0, chunk), (4096, chunk - 8192), (FIRST_PIECE + 4096, chunk)):
+        for fault_at in (lo, lo + 1, FIRST_PIECE - 1, FIRST_PIECE, 2 * FIRST_PIECE + 5, hi - 1):
+            if not lo <= fault_at < hi:
+                continue
+            pieces = _pieces(lo, hi, fault_at)
+            assert pieces[0][0] <= fault_at < pieces[0][1]
+            assert sum(b - a for a, b in pieces) == hi - lo
+            covered = sorted(pieces)
+            assert covered[0][0] == lo and covered[-1][1] == hi
+            assert all(x[1] == y[0] for x, y in itertools.pairwise(covered))
+    assert _pieces(0, chunk, -1) == [(0, chunk)]
+    assert _pieces(0, FIRST_PIECE, 7) == [(0, FIRST_PIECE)]
+    assert _pieces(0, FIRST_PIECE + 4096, FIRST_PIECE) == [(FIRST_PIECE, FIRST_PIECE + 4096), (0, FIRST_PIECE)]
+    assert _pieces(4096, chunk, 5000) == [(4096, FIRST_PIECE), (FIRST_PIECE, chunk)]
 
 
-def test_elements_anywhere_in_a_chunk_read_first_are_right(field) -> None:
-    # Each read below is the first touch of its chunk: its piece arrives (and wakes the reader) before
-    # the rest of the chunk; then the rest of the chunk must be there too, byte for byte.
+@pytest.mark.parametrize("frame_bytes", [None, 2**18, 3 * PAGE])
+def test_elements_anywhere_in_a_chunk_read_first_are_right(field, frame_bytes, tmp_path) -> None:
+    # Each read below is the first touch of its chunk: its frame is decoded first and its piece
+    # arrives (and wakes the reader) before the rest of the chunk; then the rest of the chunk must
+    # be there too, byte for byte. Frames of 3 pages do not divide the chunk: the last is shorter.
     path, src = field
+    if frame_bytes is not None:
+        path = str(tmp_path / "frames.npy.zst")
+        lazymem.save(path, src, chunk_bytes=2**20, frame_bytes=frame_bytes)
     a = lazymem.open(path, readahead=0)
     flat, expected = a.reshape(-1), src.reshape(-1)
     per_chunk = 2**20 // src.itemsize
-    for chunk, within in enumerate([0, 1, per_chunk // 2, per_chunk - 1, 65536 + 3, 65535]):
+    positions = [0, 1, per_chunk // 2, per_chunk - 1, 65536 + 3, 65535, 3 * PAGE // 4 - 1, 3 * PAGE // 4, 200_000]
+    for chunk, within in enumerate(positions):
         index = chunk * per_chunk + within
         assert flat[index] == expected[index]
         s = lazymem.stats(a)

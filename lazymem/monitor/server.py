@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,11 +152,15 @@ class ServedRegion:
     def shared_view(self, offset: int, length: int) -> memoryview:
         return memoryview((ctypes.c_char * length).from_address(self.shared_address + offset)).cast("B")
 
-    def read_chunk(self, offset: int, out: memoryview) -> bool:
+    def read_chunk(self, offset: int, out: memoryview, fault_at: int = -1,
+                   on_first: Callable[[int, int], None] | None = None) -> bool:
         """Fetch and decompress the array bytes at ``offset`` into ``out``; or, if they are stored
-        as zero frames, return True and leave ``out`` alone. The sources retry transient storage
-        errors request by request: an error here means the retries are spent."""
-        return bool(self.reader.read_into(self.data_offset + offset, out, skip_zeros=True))
+        as zero frames, return True and leave ``out`` alone. The frame holding ``out[fault_at]``
+        is decoded first and handed to ``on_first`` (see ``FramedSource.read_into``). The sources
+        retry transient storage errors request by request: an error here means the retries are
+        spent."""
+        return bool(self.reader.read_into(self.data_offset + offset, out, skip_zeros=True,
+                                          first_at=fault_at, on_first=on_first))
 
     @property
     def huge(self) -> bool:
@@ -439,7 +444,41 @@ class Monitor:
         else:
             buf = self.buffers.get(span)
             try:
-                zeros = region.read_chunk(offset, buf.view[:data_bytes])
+                target = region.start + offset
+                piece = max(FIRST_PIECE, region.page_size)
+                early = (0, 0)  # pages installed as soon as the reader's frame was decoded
+
+                def copy_in(lo: int, hi: int, fault_at: int) -> None:
+                    """Copy ``buf[lo:hi)`` into place without waking, except that a reader waiting
+                    at ``fault_at`` is woken as soon as its piece is in (see FIRST_PIECE)."""
+                    pieces = _pieces(lo, hi, fault_at, piece)
+                    for a, b in pieces:
+                        if install_zeros:  # stored as zero frames: nothing decompressed, nothing to copy
+                            uffd.zeropage(region.client.uffd, target + a, b - a, wake_waiters=False)
+                        else:
+                            uffd.copy(region.client.uffd, target + a, buf.address + a, b - a, wake_waiters=False,
+                                      page=region.page_size)
+                        if len(pieces) > 1 and a <= fault_at < b:
+                            job.woken = True
+                            uffd.wake(region.client.uffd, target + a, b - a)
+
+                def first_frame_done(lo: int, hi: int) -> None:
+                    """The faulting reader's frame is decoded and verified: install its pages and
+                    wake the reader while the other frames of the chunk are decoded."""
+                    nonlocal early
+                    if hi >= data_bytes:
+                        buf.zero(data_bytes, span)
+                        hi = span
+                    lo, hi = -(-lo // uffd.PAGE_SIZE) * uffd.PAGE_SIZE, hi - hi % uffd.PAGE_SIZE
+                    if lo <= fault_at < hi:
+                        copy_in(lo, hi, fault_at)
+                        early = (lo, hi)
+
+                install_zeros = False
+                fault_at = job.fault_at
+                # Huge pages come whole: a frame smaller than one cannot go in on its own.
+                early_wake = first_frame_done if fault_at >= 0 and not region.huge else None
+                zeros = region.read_chunk(offset, buf.view[:data_bytes], fault_at, early_wake)
                 if zeros and region.huge:  # hugetlbfs has no UFFDIO_ZEROPAGE: copy zeros
                     buf.zero(0, span)
                 elif not zeros and data_bytes < span:
@@ -449,22 +488,14 @@ class Monitor:
                 # Install without waking, book-keep, then wake: whatever the woken thread asks next
                 # (stats, prefetch) already sees the chunk as present. A reader waiting inside the
                 # chunk gets its piece first (see FIRST_PIECE).
-                target = region.start + offset
-                pieces = _pieces(span, job.fault_at, max(FIRST_PIECE, region.page_size))
+                rest = [(a, b) for a, b in ((0, early[0]), (early[1], span)) if a < b]
                 if job.trip and job.priority == READAHEAD and span > region.page_size:
                     # Hold the first page back (see Trip); a reader there faults and brings it in.
                     held = None if install_zeros else (ctypes.c_char * region.page_size).from_buffer_copy(buf.view)
                     trip = Trip(chunk, held)
-                    pieces = [(region.page_size, span)]
-                for lo, hi in pieces:
-                    if install_zeros:  # stored as zero frames: nothing decompressed, nothing to copy
-                        uffd.zeropage(region.client.uffd, target + lo, hi - lo, wake_waiters=False)
-                    else:
-                        uffd.copy(region.client.uffd, target + lo, buf.address + lo, hi - lo, wake_waiters=False,
-                                  page=region.page_size)
-                    if len(pieces) > 1 and lo <= job.fault_at < hi:
-                        job.woken = True
-                        uffd.wake(region.client.uffd, target + lo, hi - lo)
+                    rest = [(region.page_size, span)]
+                for lo, hi in rest:
+                    copy_in(lo, hi, job.fault_at)
                 t2 = time.perf_counter()
             finally:
                 self.buffers.put(buf)
@@ -832,13 +863,13 @@ class Monitor:
             self.journal.record("drop", {"pid": client.pid})
 
 
-def _pieces(span: int, fault_at: int, piece: int = FIRST_PIECE) -> list[tuple[int, int]]:
-    """The chunk's ``[0, span)`` in install order: the ``piece`` holding ``fault_at``, then the rest."""
-    if not 0 <= fault_at < span or span <= piece:
-        return [(0, span)]
-    lo = fault_at - fault_at % piece
-    hi = min(lo + piece, span)
-    return [(lo, hi)] + [(a, b) for a, b in ((0, lo), (hi, span)) if a < b]
+def _pieces(lo: int, hi: int, fault_at: int, piece: int = FIRST_PIECE) -> list[tuple[int, int]]:
+    """``[lo, hi)`` in install order: the aligned ``piece`` holding ``fault_at``, then the rest."""
+    if not lo <= fault_at < hi or hi - lo <= piece:
+        return [(lo, hi)]
+    aligned = fault_at - fault_at % piece
+    start, stop = max(lo, aligned), min(aligned + piece, hi)
+    return [(start, stop)] + [(a, b) for a, b in ((lo, start), (stop, hi)) if a < b]
 
 
 def _max_in_flight(spec: dict[str, Any]) -> int | None:
