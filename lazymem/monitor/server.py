@@ -612,11 +612,12 @@ class Monitor:
     def _serve_request(self, fds: list[int]) -> None:
         conn = socket.socket(fileno=fds[0])
         extra = fds[1:]
+        message = None
         try:
-            blob = protocol.recv_blob(conn)
-            op, args = pickle.loads(blob)
+            message = protocol.recv_message(conn)
+            op, args = message.load()
             if op == "register":
-                args["request"] = blob  # journaled as it came
+                args["request"] = message  # journaled as it came: its pickle, and its memfd
             try:
                 result: Any = ("ok", getattr(self, "_op_" + op)(*extra, **args))
             except BaseException as exc:  # noqa: BLE001 - errors travel back to the caller
@@ -628,11 +629,13 @@ class Monitor:
                 result = ("error", exc)
             try:
                 protocol.send_obj(conn, result)
-            except (TypeError, AttributeError, ValueError):  # unpicklable exception
+            except (TypeError, AttributeError, ValueError, pickle.PicklingError):  # unpicklable exception
                 protocol.send_obj(conn, ("error", MonitorError(repr(result[1]))))
         except (EOFError, OSError):
             pass
         finally:
+            if message is not None:  # its buffers stay mapped as long as the objects using them
+                message.close()
             conn.close()
 
     def _op_ping(self) -> int:
@@ -679,7 +682,7 @@ class Monitor:
             raise MonitorError(f"unknown client {key}")
         return client
 
-    def _op_register(self, memfd: int, *, request: bytes | None = None, **spec: Any) -> None:
+    def _op_register(self, memfd: int, *, request: protocol.Message | None = None, **spec: Any) -> None:
         self._add_region(memfd, spec)
         if self.journal:
             self.journal.record("region", spec, (memfd,), request=request)
@@ -892,8 +895,9 @@ def serve(control: socket.socket, journal: Journal | None, restored: Restored | 
     if restored is not None:
         for pid, uffd_fd in restored.clients.items():
             monitor._add_client(uffd_fd, pid)
-        for memfd, blob in restored.regions:
-            _op, spec = pickle.loads(blob)
+        for memfd, request in restored.regions:
+            with request:  # our copy of the supervisor's memfd, inherited: the mapping is enough
+                _op, spec = request.load()
             monitor._add_region(memfd, spec, restoring=True)
         monitor.wake_everything()
     monitor.run()

@@ -4,7 +4,8 @@ When the monitor dies (SIGKILL, OOM killer, a crash), app threads may be blocked
 read but not served, possibly holding their GIL, so the app itself can do nothing. Hence the
 process the app starts is a small, single-threaded supervisor that forks the real monitor (the
 *worker*) and keeps a journal of what it serves: each client's userfaultfd, each region's memfd
-and description. When the worker dies, the supervisor forks a new one from that journal; the new
+and description (the app's register request as it came: its pickle, and the memfd of its big
+buffers, see ``protocol``). When the worker dies, the supervisor forks a new one from that journal; the new
 worker wakes every registered range (``UFFDIO_WAKE``), so blocked threads retry their access and
 fault again, this time to a monitor that answers. Pages the dead worker installed stay installed
 (installs are whole pages; the rest of a half-installed chunk is skipped with EEXIST).
@@ -16,7 +17,6 @@ that waiting threads get SIGBUS with a message on stderr rather than hanging for
 from __future__ import annotations
 
 import os
-import pickle
 import select
 import socket
 import sys
@@ -42,21 +42,27 @@ class Journal:
         self.lock = threading.Lock()
 
     def record(self, kind: str, spec: dict[str, Any], fds: tuple[int, ...] = (), *,
-               request: bytes | bytearray | None = None) -> None:
-        """Journal one change. A region travels as a pickled ``("register", spec)`` request:
-        ``request``, the app's own bytes when it has them (a 1 TiB array's frame table is 2 MiB:
-        pickling it again would double the cost of ``open``), else pickled here."""
+               request: protocol.Message | None = None) -> None:
+        """Journal one change. A region travels with its ``("register", spec)`` request as a
+        message: ``request``, the app's own when it has it (its pickle, and the memfd holding its
+        frame table, which the supervisor receives as an fd: a 1 TiB array's 2 MiB table is never
+        copied again), else packed here."""
+        packed = None
         if kind == "region":
             # Opaque to the supervisor: unpickling a reader there could start threads (fsspec's
             # event loop) that a forked worker would then inherit broken ("not fork-safe").
             if request is None:
-                request = pickle.dumps(("register", spec), protocol=pickle.HIGHEST_PROTOCOL)
+                request = packed = protocol.Message.pack(("register", spec))
             spec = _summary(spec)
-        with self.lock:
-            socket.send_fds(self.sock, [b"J"], list(fds))
-            protocol.send_obj(self.sock, (kind, spec))
-            if request is not None:  # apart, not inside the pickle: no copy of its megabytes
-                protocol.send_blob(self.sock, request)
+        try:
+            with self.lock:
+                socket.send_fds(self.sock, [b"J"], list(fds))
+                protocol.send_obj(self.sock, (kind, spec))
+                if request is not None:
+                    protocol.send_message(self.sock, request)
+        finally:
+            if packed is not None:  # the supervisor has its own copy of the memfd now
+                packed.close()
 
 
 def _summary(spec: dict[str, Any]) -> dict[str, Any]:
@@ -69,39 +75,55 @@ class Restored:
     """What a new worker takes over: the supervisor's copies of the fds, and the descriptions."""
 
     clients: dict[int, int] = field(default_factory=dict)  # client pid -> userfaultfd
-    regions: list[tuple[int, bytes | bytearray]] = field(default_factory=list)  # (memfd, pickled register request)
+    # (region memfd, its register request as the app sent it); the worker inherits the request's
+    # memfd with the fork, maps it and closes its copy.
+    regions: list[tuple[int, protocol.Message]] = field(default_factory=list)
+
+
+@dataclass
+class _Region:
+    memfd: int
+    summary: dict[str, Any]
+    request: protocol.Message  # never loaded here: it holds a reader
+
+    def close(self) -> None:
+        os.close(self.memfd)
+        self.request.close()
 
 
 class _State:
     def __init__(self) -> None:
         self.clients: dict[int, int] = {}
-        self.regions: dict[tuple[int, int], tuple[int, dict[str, Any]]] = {}
+        self.regions: dict[tuple[int, int], _Region] = {}
 
-    def apply(self, kind: str, spec: dict[str, Any], fds: list[int]) -> None:
+    def apply(self, kind: str, spec: dict[str, Any], fds: list[int],
+              request: protocol.Message | None = None) -> None:
         if kind == "client":
             old = self.clients.pop(spec["pid"], None)
             if old is not None:
                 os.close(old)
             self.clients[spec["pid"]] = fds[0]
         elif kind == "region":
+            assert request is not None
+            region = _Region(fds[0], spec, request)
             key = (spec["client"], spec["region_id"])
             if key in self.regions:
-                os.close(fds[0])
+                region.close()
             else:
-                self.regions[key] = (fds[0], spec)
+                self.regions[key] = region
         elif kind == "close":
             entry = self.regions.pop((spec["client"], spec["region_id"]), None)
             if entry is not None:
-                os.close(entry[0])
+                entry.close()
         elif kind == "drop":
             fd = self.clients.pop(spec["pid"], None)
             if fd is not None:
                 os.close(fd)
             for key in [k for k in self.regions if k[0] == spec["pid"]]:
-                os.close(self.regions.pop(key)[0])
+                self.regions.pop(key).close()
 
     def restored(self) -> Restored:
-        return Restored(dict(self.clients), [(memfd, spec["blob"]) for memfd, spec in self.regions.values()])
+        return Restored(dict(self.clients), [(r.memfd, r.request) for r in self.regions.values()])
 
 
 def _read_record(link: socket.socket, state: _State) -> bool:
@@ -112,15 +134,16 @@ def _read_record(link: socket.socket, state: _State) -> bool:
         return False
     if not msg:
         return False
+    request = None
     try:
         kind, spec = protocol.recv_obj(link)
         if kind == "region":
-            spec["blob"] = protocol.recv_blob(link)
+            request = protocol.recv_message(link)
     except (EOFError, OSError):  # the worker died in the middle of a record
         for fd in fds:
             os.close(fd)
         return False
-    state.apply(kind, spec, list(fds))
+    state.apply(kind, spec, list(fds), request)
     return True
 
 
@@ -145,8 +168,8 @@ def _follow(pid: int, link: socket.socket, state: _State) -> int:
 
 
 def _poison_everything(state: _State) -> None:
-    for memfd_spec in state.regions.values():
-        spec = memfd_spec[1]
+    for region in state.regions.values():
+        spec = region.summary
         fd = state.clients.get(spec["client"])
         if fd is None:
             continue
