@@ -26,7 +26,6 @@ that is how the monitor knows to exit without ever being orphaned.
 from __future__ import annotations
 
 import ctypes
-import io
 import os
 import pickle
 import socket
@@ -35,8 +34,6 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
-
 from ..kernel import userfaultfd as uffd
 
 MAX_FDS = 16
@@ -44,7 +41,6 @@ IN_BAND_LIMIT = 64 * 1024  # smaller buffers stay in the pickle: a memfd costs m
 ALIGN = 64  # offset of each buffer in the memfd: numpy arrays over it stay aligned
 _HEADER = struct.Struct("<QI")
 _SIZE = struct.Struct("<Q")
-_STEP = 256 * 1024  # bytes of a strided array made contiguous at a time, in memory reused each time
 _MAX_BUFFERS = 1 << 16  # a sanity bound on a header, not a limit anyone should meet
 
 
@@ -63,14 +59,13 @@ class Message:
 
     @classmethod
     def pack(cls, obj: Any) -> Message:
-        out = io.BytesIO()
-        packer = _Packer(out)
+        spill = _Spill()
         try:
-            packer.dump(obj)
+            data = pickle.dumps(obj, protocol=5, buffer_callback=spill.take)
         except BaseException:
-            packer.spill.close()
+            spill.close()
             raise
-        return cls(out.getvalue(), tuple(packer.spill.sizes), packer.spill.fd)
+        return cls(data, tuple(spill.sizes), spill.fd)
 
     def load(self) -> Any:
         """Unpickle; out-of-band buffers become read-only views of one mapping of the memfd (which
@@ -115,63 +110,22 @@ class _Spill:
         self.end = _aligned(offset + size)
         return self.fd, offset
 
-    def write(self, data: memoryview) -> None:
-        fd, offset = self._place(data.nbytes)
-        _write_at(fd, data, offset)
-
-    def copy(self, array: np.ndarray) -> None:
-        """Write a strided array contiguously, a few rows at a time: never all of it in fresh memory
-        (nor through a mapping of the memfd: its page faults made that 3x slower than ``pwrite``)."""
-        fd, offset = self._place(array.nbytes)
-        rows = max(1, _STEP * len(array) // array.nbytes)
-        for i in range(0, len(array), rows):
-            block = np.ascontiguousarray(array[i:i + rows])
-            _write_at(fd, block.reshape(-1).view(np.uint8).data, offset)
-            offset += block.nbytes
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-
-
-class _Packer(pickle.Pickler):
-    """Pickle protocol 5; buffers of ``IN_BAND_LIMIT`` or more go into a memfd (``spill``)."""
-
-    def __init__(self, file: io.BytesIO) -> None:
-        super().__init__(file, protocol=5, buffer_callback=self._out_of_band)
-        self.spill = _Spill()
-        self._strided: dict[int, tuple[pickle.PickleBuffer, np.ndarray]] = {}
-
-    def reducer_override(self, obj: Any) -> Any:
-        # numpy pickles an array that is not contiguous in band, as a copy (tobytes). A frame table's
-        # columns are such arrays (views of a seek table's interleaved entries, 2 MiB for 1 TiB): send
-        # them out of band too, copied straight into the memfd. Exactly ndarray: a subclass (a lazy
-        # array) pickles its own way. The token stands for the array until ``_out_of_band`` sees it.
-        if (type(obj) is np.ndarray and obj.nbytes >= IN_BAND_LIMIT and obj.dtype.kind in "biufc"
-                and not (obj.flags.c_contiguous or obj.flags.f_contiguous)):
-            token = pickle.PickleBuffer(b"")
-            self._strided[id(token)] = (token, obj)
-            return _rebuild_array, (token, obj.dtype, obj.shape)
-        return NotImplemented
-
-    def _out_of_band(self, buffer: pickle.PickleBuffer) -> bool:
-        """``buffer_callback``: False sends ``buffer`` out of band."""
-        strided = self._strided.pop(id(buffer), None)
-        if strided is not None:
-            self.spill.copy(strided[1])
-            return False
+    def take(self, buffer: pickle.PickleBuffer) -> bool:
+        """``buffer_callback``: False sends ``buffer`` out of band, written here. Only contiguous
+        buffers can go (a frame table pickles its seek table's entries, contiguous as read)."""
         try:
             raw = buffer.raw()
         except BufferError:  # not contiguous: only the pickle can take it
             return True
         if raw.nbytes < IN_BAND_LIMIT:
             return True
-        self.spill.write(raw)
+        fd, offset = self._place(raw.nbytes)
+        _write_at(fd, raw, offset)
         return False
 
-
-def _rebuild_array(buffer: Any, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    return np.frombuffer(buffer, dtype).reshape(shape)
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
 
 
 def _map_read_only(fd: int, length: int) -> memoryview:

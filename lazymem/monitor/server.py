@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..errors import MonitorError
 from ..kernel import userfaultfd as uffd
 from ..kernel.limits import raise_open_file_limit
@@ -835,8 +837,10 @@ class Monitor:
         self._settle(region)
         evicted = 0
         with region.lock:
-            targets = range(region.nchunks) if chunks is None else chunks
-            for chunk in targets:
+            if chunks is None:  # a 1 TiB array has 262,144 chunks: find the loaded ones in C (~40 ms -> µs)
+                states = np.frombuffer(region.state, dtype=np.uint8)
+                chunks = np.flatnonzero((states == PRESENT) | (states == FAILED)).tolist()
+            for chunk in chunks:
                 if region.state[chunk] not in (PRESENT, FAILED):
                     continue
                 self._evict_chunk(region, chunk)

@@ -176,9 +176,8 @@ def parse_seek_table(tail: bytes, file_size: int) -> FrameTable:
     # Views of the bytes read, no copies (a 1 TiB array's table is 2 MiB; see FrameTable).
     compressed = entries[:, 0]
     decompressed = entries[:, 1]
-    checksums = entries[:, 2].astype(np.uint32) if words == 3 else None
     available = file_size - table_size
-    covered = int(compressed.sum())
+    covered = int(compressed.sum(dtype=np.int64))  # per column: sum(axis=0, dtype=) is 15x slower
     if covered > available:
         raise TruncatedFileError(
             f"seek table lists {covered} bytes of frames but only {available} bytes precede it: "
@@ -189,11 +188,12 @@ def parse_seek_table(tail: bytes, file_size: int) -> FrameTable:
             f"{available} bytes precede the seek table but its {n_frames} frames cover only {covered}: "
             "the table is corrupt or data was appended"
         )
-    empty_frames = (compressed == 0) & (decompressed > 0)
-    if empty_frames.any():
-        index = int(np.argmax(empty_frames))
-        raise SeekTableError(f"seek table entry {index} has no stored bytes but {decompressed[index]} of content")
-    return FrameTable.from_sizes(compressed, decompressed, checksums)
+    if compressed.min(initial=1) == 0:  # rare: only then build the masks
+        empty_frames = (compressed == 0) & (decompressed > 0)
+        if empty_frames.any():
+            index = int(np.argmax(empty_frames))
+            raise SeekTableError(f"seek table entry {index} has no stored bytes but {decompressed[index]} of content")
+    return FrameTable.from_entries(entries.view(np.uint32))
 
 
 def _find_native_frame_size() -> Callable[[Any], int] | None:
@@ -419,7 +419,7 @@ class SeekableZstdReader(FramedSource):
         if self.stream_size == 0:
             raise FormatError(f"{self.path}: the seekable zstd file decompresses to nothing (no .npy header)")
         sizes = self.table.decompressed_sizes
-        first = int(np.argmax(sizes > 0))
+        first = 0 if sizes[0] > 0 else int(np.argmax(sizes > 0))
         # Enough for the fixed part of any header, and the whole first frame if that is cheap: native
         # files hold exactly the header in frame 0, pyzstd's put header and data together.
         probe = min(self.stream_size, max(16, min(int(sizes[first]), HEADER_PROBE)))
