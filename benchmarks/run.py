@@ -132,7 +132,7 @@ class Dataset:
             "generator": datagen.GENERATOR_VERSION,
             "chunk_bytes": CHUNK_BYTES,
             "level": LEVEL,
-            "layout": "lazymem.save default frames (1 MiB) and layout frame",  # older files: one frame per chunk
+            "layout": "lazymem.save default frames (512 KiB) and layout frame",  # older files: one frame per chunk
         }
 
     def ready(self) -> bool:

@@ -48,7 +48,7 @@ def test_prefetch_raises_for_a_corrupt_chunk_and_other_chunks_still_read(corrupt
     path, src = corrupt
     a = lazymem.open(path, readahead=0)
     per_chunk = 2**20 // 8
-    with pytest.raises(lazymem.CorruptChunkError, match=r"frame 4|chunk"):
+    with pytest.raises(lazymem.CorruptChunkError, match=r"frame \d+ \(stored at byte \d+\) is corrupt"):
         a.prefetch(np.s_[3 * per_chunk: 3 * per_chunk + 1])
     with pytest.raises(lazymem.CorruptChunkError):
         a.prefetch()

@@ -2,7 +2,7 @@
 
 A chunk (what a fault installs) is made of several frames (what is decoded and checksummed):
 a reader that faults is woken once *its* frame is verified, while the rest of the chunk is decoded
-(one 1 MiB frame decodes in ~2 ms on these VMs, a 4 MiB one in ~9 ms). Frame sizes alone cannot
+(a 512 KiB frame decodes in ~1 ms on these VMs, a 4 MiB one in ~9 ms). Frame sizes alone cannot
 say where chunks end, so the writer adds this frame, a zstd *skippable* frame that every zstd
 decoder passes over, just before the seek table. The seek table lists it with a decompressed size
 of 0. Readers find it in the bytes they read for the seek table anyway: it costs no request.
