@@ -546,16 +546,18 @@ def test_read_into_decodes_the_frame_asked_for_first(tmp_path: Path) -> None:
     save(path, array, chunk_bytes=8 * PAGE, frame_bytes=PAGE)
     reader = open_source(path)
     expected = np.frombuffer(npy_bytes(array), dtype=np.uint8)[reader.data_offset :]
-    for first_at in (0, 2 * PAGE + 7, 4 * PAGE + 99):
+    for first_at, first_end in ((0, 1), (2 * PAGE + 7, 2 * PAGE + 8), (4 * PAGE + 99, 4 * PAGE + 100),
+                                (PAGE - 1, 2 * PAGE + 1)):  # the last spans three frames: all first
         out = bytearray(b"\xaa" * len(expected))
         seen: list[tuple[int, int, bytes]] = []
 
         def on_first(lo: int, hi: int, out: bytearray = out, seen: list = seen) -> None:
             seen.append((lo, hi, bytes(out)))
 
-        assert reader.read_into(reader.data_offset, out, first_at=first_at, on_first=on_first) is False
+        first = (first_at, first_end)
+        assert reader.read_into(reader.data_offset, out, first=first, on_first=on_first) is False
         assert bytes(out) == expected.tobytes()
         [(lo, hi, snapshot)] = seen
-        assert lo == first_at - first_at % PAGE and hi == min(lo + PAGE, len(expected))
+        assert lo == first_at - first_at % PAGE and hi == min(-(-first_end // PAGE) * PAGE, len(expected))
         assert snapshot[lo:hi] == expected[lo:hi].tobytes()
         assert snapshot[:lo] + snapshot[hi:] == b"\xaa" * (len(expected) - (hi - lo))  # nothing else yet

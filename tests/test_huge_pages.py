@@ -140,6 +140,22 @@ def test_the_environment_variable_turns_huge_pages_on_and_a_forked_child_reads_t
     assert f"page {HUGE}" in result.stdout and "child 0" in result.stdout and "parent True" in result.stdout
 
 
+def test_elements_anywhere_in_a_chunk_read_first_on_huge_pages_are_right(pool, field8) -> None:
+    # A fault waits for the frames of its huge page only (4 frames of 512 KiB), which go in whole
+    # before the rest of the 4 MiB chunk: then the whole chunk must be right, byte for byte.
+    pool(8)
+    path, src = field8
+    a = lazymem.open(path, huge_pages=True, readahead=0)
+    flat, expected = a.reshape(-1), src.reshape(-1)
+    per_chunk = (4 << 20) // src.itemsize
+    for chunk, within in enumerate([0, per_chunk - 1, per_chunk // 2 - 1, per_chunk // 2 + 3]):
+        index = chunk * per_chunk + within
+        assert flat[index] == expected[index]
+        part = slice(chunk * per_chunk, (chunk + 1) * per_chunk)
+        assert np.array_equal(flat[part], expected[part])
+    assert lazymem.stats(a).chunks_installed == 4
+
+
 def test_a_corrupt_chunk_in_huge_pages_raises_or_gets_sigbus(pool, field8) -> None:
     pool(8)
     path, src = field8

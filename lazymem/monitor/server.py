@@ -157,12 +157,14 @@ class ServedRegion:
     def read_chunk(self, offset: int, out: memoryview, fault_at: int = -1,
                    on_first: Callable[[int, int], None] | None = None) -> bool:
         """Fetch and decompress the array bytes at ``offset`` into ``out``; or, if they are stored
-        as zero frames, return True and leave ``out`` alone. The frame holding ``out[fault_at]``
-        is decoded first and handed to ``on_first`` (see ``FramedSource.read_into``). The sources
-        retry transient storage errors request by request: an error here means the retries are
-        spent."""
+        as zero frames, return True and leave ``out`` alone. The frames holding the page of
+        ``out[fault_at]`` are decoded first and handed to ``on_first`` (see
+        ``FramedSource.read_into``). The sources retry transient storage errors request by
+        request: an error here means the retries are spent."""
+        page = fault_at - fault_at % self.page_size
+        first = (page, min(page + self.page_size, len(out))) if 0 <= fault_at < len(out) else None
         return bool(self.reader.read_into(self.data_offset + offset, out, skip_zeros=True,
-                                          first_at=fault_at, on_first=on_first))
+                                          first=first, on_first=on_first))
 
     @property
     def huge(self) -> bool:
@@ -450,36 +452,38 @@ class Monitor:
                 piece = max(FIRST_PIECE, region.page_size)
                 early = (0, 0)  # pages installed as soon as the reader's frame was decoded
 
-                def copy_in(lo: int, hi: int, fault_at: int) -> None:
+                def copy_in(lo: int, hi: int, fault_at: int, wake: bool = False) -> None:
                     """Copy ``buf[lo:hi)`` into place without waking, except that a reader waiting
-                    at ``fault_at`` is woken as soon as its piece is in (see FIRST_PIECE)."""
+                    at ``fault_at`` is woken as soon as its piece is in (see FIRST_PIECE) if more
+                    is to come (other pieces, or with ``wake`` other frames)."""
                     pieces = _pieces(lo, hi, fault_at, piece)
+                    wake = wake or len(pieces) > 1
                     for a, b in pieces:
                         if install_zeros:  # stored as zero frames: nothing decompressed, nothing to copy
                             uffd.zeropage(region.client.uffd, target + a, b - a, wake_waiters=False)
                         else:
                             uffd.copy(region.client.uffd, target + a, buf.address + a, b - a, wake_waiters=False,
                                       page=region.page_size)
-                        if len(pieces) > 1 and a <= fault_at < b:
+                        if wake and a <= fault_at < b:
                             job.woken = True
                             uffd.wake(region.client.uffd, target + a, b - a)
 
-                def first_frame_done(lo: int, hi: int) -> None:
-                    """The faulting reader's frame is decoded and verified: install its pages and
-                    wake the reader while the other frames of the chunk are decoded."""
+                def first_frames_done(lo: int, hi: int) -> None:
+                    """The frames holding the faulting reader's page are decoded and verified:
+                    install their pages and wake the reader while the other frames are decoded."""
                     nonlocal early
                     if hi >= data_bytes:
                         buf.zero(data_bytes, span)
                         hi = span
-                    lo, hi = -(-lo // uffd.PAGE_SIZE) * uffd.PAGE_SIZE, hi - hi % uffd.PAGE_SIZE
+                    page = region.page_size  # a huge page goes in whole: its frames come first
+                    lo, hi = -(-lo // page) * page, hi - hi % page
                     if lo <= fault_at < hi:
-                        copy_in(lo, hi, fault_at)
+                        copy_in(lo, hi, fault_at, wake=hi - lo < span)
                         early = (lo, hi)
 
                 install_zeros = False
                 fault_at = job.fault_at
-                # Huge pages come whole: a frame smaller than one cannot go in on its own.
-                early_wake = first_frame_done if fault_at >= 0 and not region.huge else None
+                early_wake = first_frames_done if fault_at >= 0 else None
                 zeros = region.read_chunk(offset, buf.view[:data_bytes], fault_at, early_wake)
                 if zeros and region.huge:  # hugetlbfs has no UFFDIO_ZEROPAGE: copy zeros
                     buf.zero(0, span)

@@ -564,7 +564,7 @@ class FramedSource:
         out: Any,
         *,
         skip_zeros: bool = False,
-        first_at: int = -1,
+        first: tuple[int, int] | None = None,
         on_first: Callable[[int, int], None] | None = None,
     ) -> bool:
         """Fill ``out`` with decompressed stream bytes ``[start, start + len(out))``.
@@ -581,10 +581,11 @@ class FramedSource:
         skip_zeros : bool
             If every frame holding the range is a zero frame (see :meth:`is_zero_frame`), leave
             ``out`` untouched and return True: the caller can map zero pages instead of copying.
-        first_at, on_first : int, callable, optional
-            Decode the frame holding ``out[first_at]`` first, then call ``on_first(lo, hi)``: bytes
-            ``out[lo:hi]`` are final (decoded and checksummed). The other frames follow. A monitor
-            wakes the reader waiting for ``first_at`` there, before the rest is decoded.
+        first, on_first : (int, int), callable, optional
+            Decode the frames holding ``out[first[0]:first[1]]`` first, then call
+            ``on_first(lo, hi)``: bytes ``out[lo:hi]`` (those frames, a range holding ``first``)
+            are final, decoded and checksummed. The other frames follow. A monitor wakes the
+            reader waiting in ``first`` (its page) there, before the rest is decoded.
 
         Returns
         -------
@@ -610,14 +611,16 @@ class FramedSource:
         if skip_zeros and indices and all(self.is_zero_frame(i, blob) for i, blob in zip(indices, blobs)):
             return True
         order = list(range(len(indices)))
-        if on_first is not None and len(indices) > 1 and 0 <= first_at < len(view):
-            first = next(k for k, i in enumerate(indices) if start + first_at < self.table.decompressed_offset(i)
-                         + int(sizes[i]))
-            order.insert(0, order.pop(first))
-        for k in order:
+        early: list[int] = []  # positions in `indices` of the frames holding `first`
+        if on_first is not None and first is not None and len(indices) > 1:
+            lo, hi = start + first[0], start + first[1]
+            offsets = [self.table.decompressed_offset(i) for i in indices]
+            early = [k for k, i in enumerate(indices) if offsets[k] < hi and lo < offsets[k] + int(sizes[i])]
+            order = early + [k for k in order if k not in early]
+        for n, k in enumerate(order):
             self._decode_overlap(indices[k], blobs[k], start, view)
-            if on_first is not None and k == order[0] and len(order) > 1:
-                frame_start = self.table.decompressed_offset(indices[k])
-                lo = max(frame_start, start) - start
-                on_first(lo, min(frame_start + int(sizes[indices[k]]), stop) - start)
+            if on_first is not None and early and n == len(early) - 1 and len(order) > len(early):
+                lo = max(self.table.decompressed_offset(indices[early[0]]), start) - start
+                last = indices[early[-1]]
+                on_first(lo, min(self.table.decompressed_offset(last) + int(sizes[last]), stop) - start)
         return False

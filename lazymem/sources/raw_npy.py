@@ -99,7 +99,7 @@ class RawNpyReader(FramedSource):
             raise CorruptChunkError(f"{self.path}: frame {index}: got {len(compressed)} bytes, expected {expected}")
         view[:] = compressed
 
-    def read_into(self, start: int, out: Any, *, skip_zeros: bool = False, first_at: int = -1,
+    def read_into(self, start: int, out: Any, *, skip_zeros: bool = False, first: Any = None,
                   on_first: Any = None) -> bool:
         """Fill ``out`` with file bytes ``[start, start + len(out))`` in one request.
 
