@@ -561,3 +561,42 @@ def test_read_into_decodes_the_frame_asked_for_first(tmp_path: Path) -> None:
         assert lo == first_at - first_at % PAGE and hi == min(-(-first_end // PAGE) * PAGE, len(expected))
         assert snapshot[lo:hi] == expected[lo:hi].tobytes()
         assert snapshot[:lo] + snapshot[hi:] == b"\xaa" * (len(expected) - (hi - lo))  # nothing else yet
+
+
+def _rewrite_layout_frame(path: str, frame: bytes | None) -> None:
+    """Replace the layout frame before the seek table (None: drop it, as older files were)."""
+    reader = open_source(path)
+    table = reader.table
+    keep = len(table) - 1  # the layout frame is the last entry
+    data = Path(path).read_bytes()[: int(table.compressed_offsets[keep])]
+    compressed = list(table.compressed_sizes[:keep])
+    decompressed = list(table.decompressed_sizes[:keep])
+    if frame is not None:
+        data += frame
+        compressed.append(len(frame))
+        decompressed.append(0)
+    Path(path).write_bytes(data + seek_table_bytes(np.array(compressed), np.array(decompressed)))
+
+
+@pytest.mark.parametrize("layout", ["written", "absent", "bogus chunk size", "other skippable frame"])
+def test_open_takes_the_chunk_size_from_the_layout_frame_and_only_from_a_sound_one(tmp_path: Path, layout: str) -> None:
+    import lazymem
+    from lazymem.sources.layout_frame import LAYOUT_MAGIC, layout_frame
+
+    path = str(tmp_path / "layout.npy.zst")
+    array = np.random.default_rng(7).standard_normal(40 * PAGE // 8)
+    save(path, array, chunk_bytes=8 * PAGE, frame_bytes=2 * PAGE)
+    if layout == "absent":
+        _rewrite_layout_frame(path, None)
+    elif layout == "bogus chunk size":
+        _rewrite_layout_frame(path, layout_frame(12345))  # not a page multiple
+    elif layout == "other skippable frame":
+        _rewrite_layout_frame(path, struct.pack("<II", LAYOUT_MAGIC, 16) + b"somebody else's!")  # 16 bytes, as declared
+    a = lazymem.open(path)
+    # Without a sound layout frame the frames are all there is: one frame per chunk, as before.
+    assert lazymem.stats(a).chunk_bytes == (8 * PAGE if layout == "written" else 2 * PAGE)
+    assert a.dtype == array.dtype and a.shape == array.shape and a.tobytes() == array.tobytes()
+    assert_same_array(load(path), array)
+    if shutil.which("zstd"):  # any zstd decoder passes over the layout frame
+        out = subprocess.run(["zstd", "-dc", path], capture_output=True, check=True).stdout
+        assert out == npy_bytes(array)
