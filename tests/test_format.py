@@ -600,3 +600,26 @@ def test_open_takes_the_chunk_size_from_the_layout_frame_and_only_from_a_sound_o
     if shutil.which("zstd"):  # any zstd decoder passes over the layout frame
         out = subprocess.run(["zstd", "-dc", path], capture_output=True, check=True).stdout
         assert out == npy_bytes(array)
+
+
+def test_read_into_first_with_zero_frames_in_the_chunk(tmp_path: Path) -> None:
+    # A local read fetches the frames holding `first` alone first: when those are zero frames the
+    # rest decides whether the whole range is zeros (left untouched) or must be decoded.
+    path = str(tmp_path / "zeros.npy.zst")
+    array = np.random.default_rng(6).integers(1, 255, 16 * PAGE, dtype=np.uint8)
+    array[2 * PAGE : 3 * PAGE] = 0  # one zero frame in the first chunk
+    array[8 * PAGE :] = 0  # the second chunk all zeros
+    save(path, array, chunk_bytes=8 * PAGE, frame_bytes=PAGE)
+    reader = open_source(path)
+    calls: list[tuple[int, int]] = []
+
+    def on_first(lo: int, hi: int) -> None:
+        calls.append((lo, hi))
+
+    out = bytearray(b"\xaa" * 8 * PAGE)
+    first = (2 * PAGE + 5, 2 * PAGE + 6)
+    assert reader.read_into(reader.data_offset, out, skip_zeros=True, first=first, on_first=on_first) is False
+    assert bytes(out) == array[: 8 * PAGE].tobytes() and calls == [(2 * PAGE, 3 * PAGE)]
+    out = bytearray(b"\xaa" * 8 * PAGE)
+    assert reader.read_into(reader.data_offset + 8 * PAGE, out, skip_zeros=True, first=first, on_first=on_first)
+    assert bytes(out) == b"\xaa" * 8 * PAGE and len(calls) == 1  # untouched, nothing reported

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import resource
 
 
@@ -20,13 +22,16 @@ def raise_open_file_limit() -> None:
             pass
 
 
+_MEMINFO_LINE = re.compile(rb"^([^:\n]+):\s*(\d+)( kB)?", re.MULTILINE)
+
+
 def meminfo() -> dict[str, int]:
     """``/proc/meminfo`` as numbers: sizes in bytes (``MemAvailable``), counts as they are
-    (``HugePages_Free``)."""
-    fields: dict[str, int] = {}
-    with open("/proc/meminfo") as f:
-        for line in f:
-            name, _, value = line.partition(":")
-            number, *unit = value.split()
-            fields[name] = int(number) * (1024 if unit == ["kB"] else 1)
-    return fields
+    (``HugePages_Free``). Read at every ``open`` (the default budget): one regex pass, not a
+    Python loop over its 50-odd lines (0.2 ms)."""
+    fd = os.open("/proc/meminfo", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+    return {name.decode(): int(number) * (1024 if kib else 1) for name, number, kib in _MEMINFO_LINE.findall(data)}

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
@@ -606,20 +606,34 @@ class FramedSource:
             raise ValueError(f"range [{start}, {stop}) is outside the stream [0, {self.stream_size})")
         sizes = self.table.decompressed_sizes
         indices = [i for i in self.table.frames_for(start, stop) if sizes[i] > 0]
-        # max_gap: empty frames between wanted ones cost a few bytes, not a second request.
-        blobs = self.fetch_views(indices, max_gap=1 << 16)
-        if skip_zeros and indices and all(self.is_zero_frame(i, blob) for i, blob in zip(indices, blobs)):
-            return True
-        order = list(range(len(indices)))
         early: list[int] = []  # positions in `indices` of the frames holding `first`
         if on_first is not None and first is not None and len(indices) > 1:
             lo, hi = start + first[0], start + first[1]
             offsets = [self.table.decompressed_offset(i) for i in indices]
             early = [k for k, i in enumerate(indices) if offsets[k] < hi and lo < offsets[k] + int(sizes[i])]
-            order = early + [k for k in order if k not in early]
+        blobs: list[memoryview | None] = [None] * len(indices)
+
+        def fetch(positions: list[int]) -> None:
+            # max_gap: empty frames between wanted ones cost a few bytes, not a second request.
+            for k, blob in zip(positions, self.fetch_views([indices[k] for k in positions], max_gap=1 << 16)):
+                blobs[k] = blob
+
+        # A local file gives the frames the reader waits for first, alone (a pread of 0.2 MB, not
+        # of the chunk's 1.5 MB); over a network the whole chunk comes in one request.
+        fetch(early if early and len(early) < len(indices) and self._local_file() is not None
+              else list(range(len(indices))))
+        if skip_zeros and indices and all(self.is_zero_frame(indices[k], blob) for k, blob in enumerate(blobs)
+                                          if blob is not None):
+            fetch([k for k, blob in enumerate(blobs) if blob is None])
+            if all(blob is not None and self.is_zero_frame(i, blob) for i, blob in zip(indices, blobs)):
+                return True
+        order = early + [k for k in range(len(indices)) if k not in early]
         for n, k in enumerate(order):
-            self._decode_overlap(indices[k], blobs[k], start, view)
-            if on_first is not None and early and n == len(early) - 1 and len(order) > len(early):
+            if blobs[k] is None:
+                fetch([k for k, blob in enumerate(blobs) if blob is None])
+            self._decode_overlap(indices[k], cast(memoryview, blobs[k]), start, view)
+            if early and n == len(early) - 1 and len(order) > len(early):
+                assert on_first is not None
                 lo = max(self.table.decompressed_offset(indices[early[0]]), start) - start
                 last = indices[early[-1]]
                 on_first(lo, min(self.table.decompressed_offset(last) + int(sizes[last]), stop) - start)
