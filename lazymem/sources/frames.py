@@ -607,10 +607,14 @@ class FramedSource:
         sizes = self.table.decompressed_sizes
         indices = [i for i in self.table.frames_for(start, stop) if sizes[i] > 0]
         early: list[int] = []  # positions in `indices` of the frames holding `first`
+        early_range = (0, 0)  # the part of `out` they fill
         if on_first is not None and first is not None and len(indices) > 1:
             lo, hi = start + first[0], start + first[1]
             offsets = [self.table.decompressed_offset(i) for i in indices]
             early = [k for k, i in enumerate(indices) if offsets[k] < hi and lo < offsets[k] + int(sizes[i])]
+            if early:
+                end = offsets[early[-1]] + int(sizes[indices[early[-1]]])
+                early_range = (max(offsets[early[0]], start) - start, min(end, stop) - start)
         blobs: list[memoryview | None] = [None] * len(indices)
 
         def fetch(positions: list[int]) -> None:
@@ -624,8 +628,10 @@ class FramedSource:
               else list(range(len(indices))))
         if skip_zeros and indices and all(self.is_zero_frame(indices[k], blob) for k, blob in enumerate(blobs)
                                           if blob is not None):
-            fetch([k for k, blob in enumerate(blobs) if blob is None])
-            if all(blob is not None and self.is_zero_frame(i, blob) for i, blob in zip(indices, blobs)):
+            rest = [k for k, blob in enumerate(blobs) if blob is None]
+            if rest:  # the frames read first are zeros: the others decide
+                fetch(rest)
+            if all(self.is_zero_frame(indices[k], cast(memoryview, blobs[k])) for k in rest):
                 return True
         order = early + [k for k in range(len(indices)) if k not in early]
         for n, k in enumerate(order):
@@ -634,7 +640,5 @@ class FramedSource:
             self._decode_overlap(indices[k], cast(memoryview, blobs[k]), start, view)
             if early and n == len(early) - 1 and len(order) > len(early):
                 assert on_first is not None
-                lo = max(self.table.decompressed_offset(indices[early[0]]), start) - start
-                last = indices[early[-1]]
-                on_first(lo, min(self.table.decompressed_offset(last) + int(sizes[last]), stop) - start)
+                on_first(*early_range)
         return False
