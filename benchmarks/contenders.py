@@ -179,7 +179,7 @@ def write_zeros_seekable(path: str, n_elements: int, dtype: str = "<f4", chunk_b
     Every data frame is the zero frame ``lazymem.save`` writes for an all-zero chunk (RLE blocks,
     141 bytes for 4 MiB), so a 1 TiB array takes ~37 MB and well under a second. Returns the file size.
     """
-    from lazymem.sources.layout_frame import LAYOUT_FRAME_SIZE, layout_frame
+    from lazymem.sources.layout_frame import layout_frame
     from lazymem.sources.zero_frames import zero_frame  # the writer's canonical frames, not a reader
 
     header = _npy_header_bytes(dtype, (n_elements,))
@@ -193,9 +193,11 @@ def write_zeros_seekable(path: str, n_elements: int, dtype: str = "<f4", chunk_b
     if last:
         tail = zero_frame(last)
         entries.append((len(tail), last))
-    # One frame per chunk, as lazymem.save lays out an array this big (its seek table stays 2 MiB).
-    tail += layout_frame(chunk_bytes)
-    entries.append((LAYOUT_FRAME_SIZE, 0))
+    # One frame per chunk, as lazymem.save lays out an array this big (its seek table stays 2 MiB),
+    # and the layout frame with its index of the table.
+    layout = layout_frame(chunk_bytes, np.array([c for c, _ in entries]), np.array([d for _, d in entries]))
+    tail += layout
+    entries.append((len(layout), 0))
     with open(path + ".tmp", "wb") as f:
         f.write(head)
         block = full * 1024

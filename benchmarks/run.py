@@ -132,7 +132,7 @@ class Dataset:
             "generator": datagen.GENERATOR_VERSION,
             "chunk_bytes": CHUNK_BYTES,
             "level": LEVEL,
-            "layout": "lazymem.save default frames (512 KiB) and layout frame",  # older files: one frame per chunk
+            "layout": "lazymem.save default frames (512 KiB), layout frame v2 (indexed)",  # older files: one frame per chunk
         }
 
     def ready(self) -> bool:
@@ -791,12 +791,12 @@ def first_element(
 def make_huge(directory: Path, quick: bool) -> list[tuple[str, str, int]]:
     """Huge all-zeros arrays that cost nothing to store: 1 TiB written directly, 16 GiB via lazymem.save."""
     out = []
-    tib = directory / "zeros-1TiB-zf-lf.npy.zst"  # zero frames and a layout frame (as lazymem.save now)
+    tib = directory / "zeros-1TiB-zf-ix.npy.zst"  # zero frames, a layout frame with its index (as lazymem.save now)
     if not tib.exists():
         contenders.write_zeros_seekable(str(tib), 2**40 // 4)
     out.append(("1 TiB zeros (hand-written file)", str(tib), 2**40))
     if not quick:
-        g16 = directory / "zeros-16GiB-saved-lf.npy.zst"  # lazymem.save's default frames, layout frame
+        g16 = directory / "zeros-16GiB-saved-ix.npy.zst"  # lazymem.save's default frames, indexed layout frame
         if not g16.exists():
             t = time.perf_counter()
             lazymem.save(str(g16), np.broadcast_to(np.float32(0), (16 * GiB // 4,)))

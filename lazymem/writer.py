@@ -2,8 +2,8 @@
 
 Layout: frame 0 holds the ``.npy`` header alone; then each chunk of ``chunk_bytes`` data bytes
 (the last may be shorter) is stored as a few frames of ``frame_bytes`` (the last of a chunk may be
-shorter); a layout frame naming ``chunk_bytes`` (:mod:`lazymem.sources.layout_frame`) and the zstd
-seek table end the file. Because both sizes are multiples of the page size and the data starts a
+shorter); a layout frame naming ``chunk_bytes`` and indexing the seek table
+(:mod:`lazymem.sources.layout_frame`) and the zstd seek table end the file. Because both sizes are multiples of the page size and the data starts a
 frame, every frame maps onto whole pages of the array, which is what the lazy loader installs: a
 chunk at a time, waking a reader as soon as the frame it waits for is decoded. All-zero frames are
 stored as RLE zero blocks (:mod:`lazymem.sources.zero_frames`), which readers recognise without
@@ -30,7 +30,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from lazymem.errors import UnsupportedDtypeError
 from lazymem.sources.frames import storage_errors
-from lazymem.sources.layout_frame import LAYOUT_FRAME_SIZE, layout_frame
+from lazymem.sources.layout_frame import layout_frame
 from lazymem.sources.npy_header import npy_header_bytes
 from lazymem.sources.seekable_zstd import MAX_FRAMES, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC
 from lazymem.sources.zero_frames import zero_frame
@@ -368,7 +368,8 @@ def save(
         chunks = _data_chunks(data, fortran_order, chunk_bytes)
         compressed, decompressed = _write_frames(out, header, _frames(chunks, frame_bytes), level, threads)
         with storage_errors(path, "writing"):
-            out.write(layout_frame(chunk_bytes))
-            compressed.append(LAYOUT_FRAME_SIZE)
+            layout = layout_frame(chunk_bytes, np.array(compressed), np.array(decompressed))
+            out.write(layout)
+            compressed.append(len(layout))
             decompressed.append(0)
             out.write(seek_table_bytes(np.array(compressed), np.array(decompressed)))

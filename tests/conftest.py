@@ -112,3 +112,21 @@ def s3_store(_s3_server_process):
         yield server
     finally:
         server.reset()
+
+
+def rewrite_layout_frame(path: str, frame: bytes | None) -> None:
+    """Replace the layout frame before the seek table (None: drop it, as older files were)."""
+    from lazymem.sources import open_source
+    from lazymem.writer import seek_table_bytes
+
+    reader = open_source(path)
+    table = reader.table
+    keep = len(table) - 1  # the layout frame is the last entry
+    data = Path(path).read_bytes()[: int(table.compressed_offsets[keep])]
+    compressed = list(table.compressed_sizes[:keep])
+    decompressed = list(table.decompressed_sizes[:keep])
+    if frame is not None:
+        data += frame
+        compressed.append(len(frame))
+        decompressed.append(0)
+    Path(path).write_bytes(data + seek_table_bytes(np.array(compressed), np.array(decompressed)))

@@ -19,7 +19,7 @@ from lazymem.monitor import protocol
 from lazymem.sources import open_source
 from lazymem.sources.frames import FrameTable
 
-from .conftest import wait_for_exit
+from .conftest import rewrite_layout_frame, wait_for_exit
 
 MEMFD = "memfd:lazymem-message"
 
@@ -97,7 +97,7 @@ def test_an_unpickled_frame_table_is_a_read_only_view_that_works() -> None:
     sizes = entries[:, 0].copy()
     table = FrameTable.from_entries(entries)
     message = protocol.Message.pack(table)
-    assert message.sizes == (2**21,) and len(message.data) < 1000
+    assert message.sizes == (2**21,) and len(message.data) < 1000 + 16 * 256  # in band: the block sums
     message.close()
     got = _round_trip(table)
     assert not got.compressed_sizes.flags.writeable and not got.compressed_sizes.flags.owndata
@@ -132,10 +132,13 @@ def test_the_journal_keeps_a_big_frame_table_across_a_monitor_restart(tmp_path: 
     """A register request whose frame table went out of band: the supervisor keeps its memfd,
     a new worker rebuilds the reader from it, and nothing is leaked on either side."""
     from lazymem.monitor.client import get_client
+    from lazymem.sources.layout_frame import layout_frame
 
     src = np.random.default_rng(3).integers(0, 1000, 18 * 2**20, dtype=np.int32)  # 72 MiB
     path = str(tmp_path / "many-frames.npy.zst")
     lazymem.save(path, src, chunk_bytes=4096)  # ~18k frames: 72 KiB columns, out of band
+    # Without the layout frame's index: a big table is then read whole, and travels whole.
+    rewrite_layout_frame(path, layout_frame(4096))
     client = get_client()
     supervisor = client.supervisor_pid
     assert len(open_source(path).table) > 16_384

@@ -894,7 +894,7 @@ def _max_in_flight(spec: dict[str, Any]) -> int | None:
 def _stored_bytes(reader: Any, start: int, length: int) -> int:
     """Stored (compressed) bytes of the frames that hold stream bytes ``[start, start+length)``."""
     frames = reader.table.frames_for(start, start + length)
-    return int(reader.table.compressed_sizes[frames.start:frames.stop].sum())
+    return int(reader.table.compressed_span(frames.start, frames.stop))
 
 
 def serve(control: socket.socket, journal: Journal | None, restored: Restored | None, workers: int) -> None:

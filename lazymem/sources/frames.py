@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
@@ -51,63 +51,145 @@ def _offsets(sizes: np.ndarray) -> np.ndarray:
     return offsets
 
 
-_BLOCK = 1024
+BLOCK = 1024
+"""Frames per block: tables keep one sum per block, and lazy tables load one block at a time."""
+_BLOCK = BLOCK
+
+
+def block_sums(sizes: np.ndarray) -> np.ndarray:
+    """Sum of each block of ``BLOCK`` sizes (the last block may be shorter), as int64."""
+    n = len(sizes)
+    whole = n // BLOCK * BLOCK
+    sums = np.empty(-(-n // BLOCK), dtype=np.int64)
+    if whole:  # reshape and sum per row: ~0.1 ms for a 1 TiB array's 262,144 frames
+        sums[: whole // BLOCK] = sizes[:whole].reshape(-1, BLOCK).sum(axis=1, dtype=np.int64)
+    if whole < n:
+        sums[-1] = sizes[whole:].sum(dtype=np.int64)
+    return sums
+
+
+class RowLoader(Protocol):
+    """Fills a table's rows on demand (a seek table read block by block: see seekable_zstd)."""
+
+    def need(self, lo: int, hi: int) -> None:
+        """Make rows ``[lo, hi)`` valid in the columns the table was built over, or raise."""
 
 
 class _Prefix:
     """Exclusive prefix sums ``P`` of a size column (``P[0] = 0``, ``P[n]`` = the total), without
-    building them: one int64 per 1024 sizes, the rest summed on demand (at most 1024 values).
+    building them: one int64 per block of 1024 sizes, the rest summed on demand (at most 1024).
 
     A 1 TiB array in 1 MiB frames has a million frames: its full offset columns (8 MiB each, fresh
     memory at ~1 ms per MiB on these VMs, plus a cumsum) would cost a monitor's first fault ~10 ms.
+    The block sums come with the table (computed once where it is parsed, or read from the file's
+    index), so a monitor never sums a whole column; ``need`` loads a block's sizes before use.
     """
 
-    __slots__ = ("sizes", "starts")
+    __slots__ = ("need", "sizes", "starts")
 
-    def __init__(self, sizes: np.ndarray) -> None:
+    def __init__(self, sizes: np.ndarray, sums: np.ndarray, need: Callable[[int, int], None] | None = None) -> None:
         self.sizes = sizes
-        whole = len(sizes) // _BLOCK * _BLOCK
-        sums = np.zeros(len(sizes) // _BLOCK + 1, dtype=np.int64)  # sums[b] = total before block b
-        if whole:
-            sums[1:] = sizes[:whole].reshape(-1, _BLOCK).sum(axis=1, dtype=np.int64)
-            np.cumsum(sums, out=sums)
-        self.starts = sums
+        self.need = need
+        starts = np.zeros(len(sums) + 1, dtype=np.int64)  # P at each block's start, then P[n]
+        np.cumsum(sums, out=starts[1:])
+        self.starts = starts
+
+    def _load(self, block: int) -> None:
+        if self.need is not None:
+            self.need(block * BLOCK, min((block + 1) * BLOCK, len(self.sizes)))
 
     def at(self, index: int) -> int:
         """``P[index]``, for ``0 <= index <= n``."""
-        block = index // _BLOCK
-        return int(self.starts[block]) + int(self.sizes[block * _BLOCK : index].sum(dtype=np.int64))
+        block, within = divmod(index, BLOCK)
+        if index == len(self.sizes) or not within:
+            return int(self.starts[-1] if index == len(self.sizes) else self.starts[block])
+        self._load(block)
+        return int(self.starts[block]) + int(self.sizes[block * BLOCK : index].sum(dtype=np.int64))
 
     def search(self, value: int, side: str) -> int:
         """``np.searchsorted(P, value, side)`` over the ``n + 1`` entries of ``P``."""
-        block = int(np.searchsorted(self.starts, value, side=side)) - 1  # type: ignore[call-overload]
-        if block < 0:
+        found = int(np.searchsorted(self.starts, value, side=side))  # type: ignore[call-overload]
+        if found == 0:
             return 0
-        lo = block * _BLOCK
-        local = np.empty(min(_BLOCK, len(self.sizes) - lo) + 1, dtype=np.int64)
+        if found == len(self.starts):  # past P[n]
+            return len(self.sizes) + 1
+        block = found - 1
+        lo = block * BLOCK
+        hi = min(lo + BLOCK, len(self.sizes))
+        self._load(block)
+        local = np.empty(hi - lo + 1, dtype=np.int64)
         local[0] = self.starts[block]
-        local[1:] = self.sizes[lo : lo + len(local) - 1]
+        local[1:] = self.sizes[lo:hi]
         np.cumsum(local, out=local)
         return lo + int(np.searchsorted(local, value, side=side))  # type: ignore[call-overload]
 
 
-@dataclass(frozen=True, eq=False)
 class FrameTable:
     """Where each frame lies in the stored object and in the decompressed stream.
 
     Columns are numpy arrays, not lists of objects: a 1 TiB array in 4 MiB chunks has 262,144
     frames, and the monitor receives this table pickled. Sizes are ``uint32`` (as a seek table
-    stores them) or ``int64``; offsets are ``int64``, computed on first use. Offsets are inclusive
-    starts; a frame covers ``[offset, offset + size)``. Frames of decompressed size 0 (skippable
-    frames, empty zstd frames) occupy stored bytes but no stream bytes.
+    stores them) or ``int64``; offsets are ``int64``. Offsets are inclusive starts; a frame covers
+    ``[offset, offset + size)``. Frames of decompressed size 0 (skippable frames, empty zstd
+    frames) occupy stored bytes but no stream bytes.
+
+    A table may be *lazy* (``loader``): its rows are read block by block when first looked up, and
+    only the per-block sums are known from the start. Lookups of single frames (``compressed_size``,
+    ``compressed_offset``, ``frames_for``...) load one block at most; the whole columns
+    (``compressed_sizes``...) load every block first.
     """
 
-    compressed_sizes: np.ndarray
-    """Stored size of each frame."""
-    decompressed_sizes: np.ndarray
-    """Decompressed size of each frame (0 for skippable or empty frames)."""
-    checksums: np.ndarray | None = None
-    """Low 32 bits of XXH64 of each frame's content, if the seek table stores them (``uint32``)."""
+    def __init__(
+        self,
+        compressed_sizes: np.ndarray,
+        decompressed_sizes: np.ndarray,
+        checksums: np.ndarray | None = None,
+        *,
+        sums: tuple[np.ndarray, np.ndarray] | None = None,
+        entries: np.ndarray | None = None,
+        loader: RowLoader | None = None,
+    ) -> None:
+        self._compressed = compressed_sizes
+        self._decompressed = decompressed_sizes
+        self._checksums = checksums
+        self._entries = entries  # the seek table rows the columns view, pickled as they are
+        self._loader = loader
+        if sums is None:
+            sums = (block_sums(compressed_sizes), block_sums(decompressed_sizes))
+        self._sums = sums
+        need = loader.need if loader is not None else None
+        self._compressed_prefix = _Prefix(compressed_sizes, sums[0], need)
+        self._decompressed_prefix = _Prefix(decompressed_sizes, sums[1], need)
+
+    # -- whole columns (a lazy table loads every block first) ---------------------------------
+
+    @property
+    def lazy(self) -> bool:
+        """Whether rows are read block by block (some may not be in memory yet)."""
+        return self._loader is not None
+
+    def load_all(self) -> None:
+        """Load every row of a lazy table (one request for all the blocks still missing)."""
+        if self._loader is not None:
+            self._loader.need(0, len(self))
+
+    @property
+    def compressed_sizes(self) -> np.ndarray:
+        """Stored size of each frame."""
+        self.load_all()
+        return self._compressed
+
+    @property
+    def decompressed_sizes(self) -> np.ndarray:
+        """Decompressed size of each frame (0 for skippable or empty frames)."""
+        self.load_all()
+        return self._decompressed
+
+    @property
+    def checksums(self) -> np.ndarray | None:
+        """Low 32 bits of XXH64 of each frame's content, if the seek table stores them (``uint32``)."""
+        self.load_all()
+        return self._checksums
 
     @cached_property
     def compressed_offsets(self) -> np.ndarray:
@@ -119,21 +201,27 @@ class FrameTable:
         """Offset of each frame's first byte in the decompressed stream."""
         return _offsets(self.decompressed_sizes)
 
-    @cached_property
-    def _compressed_prefix(self) -> _Prefix:
-        return _Prefix(self.compressed_sizes)
+    # -- single frames (a lazy table loads one block at most) ---------------------------------
 
-    @cached_property
-    def _decompressed_prefix(self) -> _Prefix:
-        return _Prefix(self.decompressed_sizes)
+    def _need(self, index: int) -> None:
+        if self._loader is not None:
+            self._loader.need(index, index + 1)
+
+    def compressed_size(self, index: int) -> int:
+        """Stored size of frame ``index``."""
+        self._need(index)
+        return int(self._compressed[index])
+
+    def decompressed_size(self, index: int) -> int:
+        """Decompressed size of frame ``index``."""
+        self._need(index)
+        return int(self._decompressed[index])
 
     def compressed_offset(self, index: int) -> int:
         """Offset of frame ``index`` in the stored object (without building every frame's offset:
         faults and fetches look up a few frames at a time)."""
         if "compressed_offsets" in self.__dict__:
             return int(self.compressed_offsets[index])
-        if index < _BLOCK:  # opening a file reads frame 0: no need for the block sums
-            return int(self.compressed_sizes[:index].sum(dtype=np.int64))
         return self._compressed_prefix.at(index)
 
     def compressed_offsets_of(self, indices: Sequence[int]) -> list[int]:
@@ -144,11 +232,17 @@ class FrameTable:
             return [int(offsets[i]) for i in indices]
         return [self.compressed_offset(i) for i in indices]
 
+    def compressed_span(self, start: int, stop: int) -> int:
+        """Stored bytes of frames ``[start, stop)``."""
+        return self._compressed_prefix.at(stop) - self._compressed_prefix.at(start)
+
     def decompressed_offset(self, index: int) -> int:
         """Offset of frame ``index``'s first byte in the decompressed stream."""
         if "decompressed_offsets" in self.__dict__:
             return int(self.decompressed_offsets[index])
         return self._decompressed_prefix.at(index)
+
+    # -- building and pickling ----------------------------------------------------------------
 
     @classmethod
     def from_sizes(
@@ -180,25 +274,30 @@ class FrameTable:
         return cls(csizes, dsizes, checksums)
 
     @classmethod
-    def from_entries(cls, entries: np.ndarray) -> FrameTable:
+    def from_entries(cls, entries: np.ndarray, *, sums: tuple[np.ndarray, np.ndarray] | None = None,
+                     loader: RowLoader | None = None) -> FrameTable:
         """A table over a seek table's entries as read: ``uint32`` rows of compressed size,
         decompressed size and, if present, checksum. The columns are views of ``entries``, and the
         table pickles as ``entries`` alone: one contiguous buffer, which the monitor protocol sends
-        out of band without a copy (2 MiB for a 1 TiB array)."""
+        out of band without a copy (2 MiB for a 1 TiB array). With ``loader``, the rows are
+        filled block by block on first use, and ``sums`` (per block) must be given."""
         if entries.ndim != 2 or entries.shape[1] not in (2, 3) or entries.dtype != np.uint32:
             raise ValueError(f"entries must be uint32 rows of 2 or 3 columns, got {entries.dtype} {entries.shape}")
-        entries = _frozen_sizes(entries)
-        table = cls(entries[:, 0], entries[:, 1], entries[:, 2] if entries.shape[1] == 3 else None)
-        table.__dict__["_entries"] = entries  # frozen dataclass: not through __setattr__
-        return table
+        if loader is not None and sums is None:
+            raise ValueError("a lazy table needs its block sums")
+        entries = _frozen_sizes(entries)  # a read-only view: a loader fills its own array in place
+        checksums = entries[:, 2] if entries.shape[1] == 3 else None
+        return cls(entries[:, 0], entries[:, 1], checksums, sums=sums, entries=entries, loader=loader)
 
     def __len__(self) -> int:
-        return len(self.compressed_sizes)
+        return len(self._compressed)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        entries = self.__dict__.get("_entries")
-        if entries is not None:
-            return type(self).from_entries, (np.ascontiguousarray(entries),)
+        # The block sums travel along (a few KiB): the monitor never sums a column again.
+        if self._loader is not None:  # the loader pickles its rows loaded so far, not the others
+            return _lazy_table, (self._loader, self._sums)
+        if self._entries is not None:
+            return _entries_table, (np.ascontiguousarray(self._entries), self._sums)
         # Pickle the sizes alone, as u32 when they fit (always, for seekable zstd): 8 bytes per frame
         # instead of 32. The offsets are two cumsums away; the monitor receives this table pickled.
         def packed(sizes: np.ndarray) -> np.ndarray:
@@ -206,25 +305,22 @@ class FrameTable:
                 return sizes
             return sizes.astype(np.uint32)
 
-        return (
-            type(self).from_sizes,
-            (packed(self.compressed_sizes), packed(self.decompressed_sizes), self.checksums),
-        )
+        return _sizes_table, (packed(self._compressed), packed(self._decompressed), self._checksums, self._sums)
 
     @property
     def n_frames(self) -> int:
         """Number of frames, including empty ones."""
-        return len(self.compressed_sizes)
+        return len(self)
 
-    @cached_property
+    @property
     def compressed_total(self) -> int:
         """Stored bytes covered by the frames (the seek table itself excluded)."""
-        return int(self.compressed_sizes.sum()) if len(self) else 0
+        return int(self._compressed_prefix.starts[-1])
 
-    @cached_property
+    @property
     def decompressed_total(self) -> int:
         """Length of the decompressed stream."""
-        return int(self.decompressed_sizes.sum()) if len(self) else 0
+        return int(self._decompressed_prefix.starts[-1])
 
     def frames_for(self, start: int, stop: int) -> range:
         """Indices of the frames holding stream bytes ``[start, stop)``.
@@ -255,6 +351,19 @@ class FrameTable:
     def frame_at(self, offset: int) -> int:
         """Index of the non-empty frame holding stream byte ``offset``."""
         return self.frames_for(offset, offset + 1)[0]
+
+
+def _entries_table(entries: np.ndarray, sums: tuple[np.ndarray, np.ndarray]) -> FrameTable:
+    return FrameTable.from_entries(entries, sums=sums)
+
+
+def _lazy_table(loader: Any, sums: tuple[np.ndarray, np.ndarray]) -> FrameTable:
+    return FrameTable.from_entries(loader.entries, sums=sums, loader=loader)
+
+
+def _sizes_table(compressed: np.ndarray, decompressed: np.ndarray, checksums: np.ndarray | None,
+                 sums: tuple[np.ndarray, np.ndarray]) -> FrameTable:
+    return FrameTable(_frozen_sizes(compressed), _frozen_sizes(decompressed), checksums, sums=sums)
 
 
 def byte_view(buffer: Any) -> memoryview:
@@ -339,6 +448,36 @@ class _LocalFile:
         return data
 
 
+def local_file(owner: Any, fs: Any, path: str) -> _LocalFile | None:
+    """The descriptor ``owner`` reads local file ``path`` through (opened on first use, one per
+    process, kept in ``owner.__dict__``; pickling must drop it), or None for other filesystems."""
+    if type(fs) is not LocalFileSystem:  # subclasses may do more in cat_file (count, fail)
+        return None
+    local = owner.__dict__.get("_local")
+    if local is None or local.pid != os.getpid():
+        with storage_errors(path):
+            local = owner.__dict__["_local"] = _LocalFile(path)
+    return cast(_LocalFile, local)
+
+
+def read_exactly(owner: Any, fs: Any, path: str, size: int, start: int, end: int) -> bytes:
+    """Stored bytes ``[start, end)`` of ``path``, exactly, in one request (sent again on
+    transient errors); a local file through ``owner``'s descriptor (see :func:`local_file`)."""
+    local = local_file(owner, fs, path)
+    with storage_errors(path):
+        data = local.read(start, end) if local is not None else with_retries(fs.cat_file, path, start=start, end=end)
+    check_length(data, path, size, start, end)
+    return data
+
+
+def check_length(data: bytes, path: str, size: int, start: int, end: int) -> None:
+    if len(data) != end - start:
+        raise TruncatedFileError(
+            f"{path}: asked storage for bytes [{start}, {end}) and got {len(data)} bytes; "
+            f"the object is shorter than its {size} bytes (truncated or changed while open?)"
+        )
+
+
 @dataclass(frozen=True)
 class _Run:
     """One request: stored bytes ``[start, end)`` holding some of the wanted frames."""
@@ -401,32 +540,14 @@ class FramedSource:
     # -- fetching -------------------------------------------------------------------------------
 
     def _local_file(self) -> _LocalFile | None:
-        if type(self.fs) is not LocalFileSystem:  # subclasses may do more in cat_file (count, fail)
-            return None
-        local = self.__dict__.get("_local")
-        if local is None or local.pid != os.getpid():
-            with storage_errors(self.path):
-                local = self.__dict__["_local"] = _LocalFile(self.path)
-        return local
+        return local_file(self, self.fs, self.path)
 
     def _cat(self, start: int, end: int) -> bytes:
         """Stored bytes ``[start, end)``, exactly, in one request (sent again on transient errors)."""
-        local = self._local_file()
-        if local is not None:
-            with storage_errors(self.path):
-                data = local.read(start, end)
-        else:
-            with storage_errors(self.path):
-                data = with_retries(self.fs.cat_file, self.path, start=start, end=end)
-        self._check_length(data, start, end)
-        return data
+        return read_exactly(self, self.fs, self.path, self.size, start, end)
 
     def _check_length(self, data: bytes, start: int, end: int) -> None:
-        if len(data) != end - start:
-            raise TruncatedFileError(
-                f"{self.path}: asked storage for bytes [{start}, {end}) and got {len(data)} bytes; "
-                f"the object is shorter than its {self.size} bytes (truncated or changed while open?)"
-            )
+        check_length(data, self.path, self.size, start, end)
 
     def _cat_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """Several ranges; async filesystems fetch them concurrently (failed ones again, alone)."""
@@ -440,13 +561,12 @@ class FramedSource:
 
     def _plan_runs(self, indices: Sequence[int], max_gap: int, max_run_bytes: int | None) -> list[_Run]:
         """Group frames into requests: adjacent frames (or ones a small gap apart) share a request."""
-        sizes = self.table.compressed_sizes
         runs: list[_Run] = []
         members: list[int] = []
         run_start = run_end = 0
         ordered = sorted(set(indices))
         for index, start in zip(ordered, self.table.compressed_offsets_of(ordered)):
-            end = start + int(sizes[index])
+            end = start + self.table.compressed_size(index)
             too_big = max_run_bytes is not None and end - run_start > max_run_bytes
             if members and start - run_end <= max_gap and not too_big:
                 members.append(index)
@@ -485,13 +605,12 @@ class FramedSource:
                 raise IndexError(f"frame index {index} out of range (the object has {n} frames)")
         runs = self._plan_runs(indices, max_gap, max_run_bytes)
         blobs = self._cat_ranges([(run.start, run.end) for run in runs])
-        sizes = self.table.compressed_sizes
         by_index: dict[int, memoryview] = {}
         for run, blob in zip(runs, blobs):
             view = memoryview(blob)
             for index, offset in zip(run.frames, self.table.compressed_offsets_of(run.frames)):
                 start = offset - run.start
-                by_index[index] = view[start : start + int(sizes[index])]
+                by_index[index] = view[start : start + self.table.compressed_size(index)]
         return [by_index[index] for index in indices]
 
     def fetch(self, frame_indices: Sequence[int]) -> list[bytes]:
@@ -546,7 +665,7 @@ class FramedSource:
     def _decode_overlap(self, index: int, blob: memoryview, start: int, out: memoryview) -> None:
         """Put the part of frame ``index`` that falls in ``[start, start + len(out))`` into ``out``."""
         frame_start = self.table.decompressed_offset(index)
-        frame_size = int(self.table.decompressed_sizes[index])
+        frame_size = self.table.decompressed_size(index)
         stop = start + len(out)
         if start <= frame_start and frame_start + frame_size <= stop:
             # Whole frame inside the request: decode straight into the caller's memory.
@@ -604,16 +723,17 @@ class FramedSource:
         stop = start + len(view)
         if start < 0 or stop > self.stream_size:
             raise ValueError(f"range [{start}, {stop}) is outside the stream [0, {self.stream_size})")
-        sizes = self.table.decompressed_sizes
-        indices = [i for i in self.table.frames_for(start, stop) if sizes[i] > 0]
+        table = self.table
+        indices = [i for i in table.frames_for(start, stop) if table.decompressed_size(i) > 0]
         early: list[int] = []  # positions in `indices` of the frames holding `first`
         early_range = (0, 0)  # the part of `out` they fill
         if on_first is not None and first is not None and len(indices) > 1:
             lo, hi = start + first[0], start + first[1]
-            offsets = [self.table.decompressed_offset(i) for i in indices]
-            early = [k for k, i in enumerate(indices) if offsets[k] < hi and lo < offsets[k] + int(sizes[i])]
+            offsets = [table.decompressed_offset(i) for i in indices]
+            ends = [offset + table.decompressed_size(i) for offset, i in zip(offsets, indices)]
+            early = [k for k in range(len(indices)) if offsets[k] < hi and lo < ends[k]]
             if early:
-                end = offsets[early[-1]] + int(sizes[indices[early[-1]]])
+                end = ends[early[-1]]
                 early_range = (max(offsets[early[0]], start) - start, min(end, stop) - start)
         blobs: list[memoryview | None] = [None] * len(indices)
 

@@ -1,37 +1,99 @@
-"""The layout frame: files written by :func:`lazymem.save` name their chunk size.
+"""The layout frame: files written by :func:`lazymem.save` name their chunk size, and index their
+seek table.
 
 A chunk (what a fault installs) is made of several frames (what is decoded and checksummed):
 a reader that faults is woken once *its* frame is verified, while the rest of the chunk is decoded
 (a 512 KiB frame decodes in ~1 ms on these VMs, a 4 MiB one in ~9 ms). Frame sizes alone cannot
 say where chunks end, so the writer adds this frame, a zstd *skippable* frame that every zstd
 decoder passes over, just before the seek table. The seek table lists it with a decompressed size
-of 0. Readers find it in the bytes they read for the seek table anyway: it costs no request.
+of 0 (and its stored size, which is how a reader finds where it starts).
 
-    [magic 0x184D2A5C u32][payload size 16 u32]["LZMC"][version 1 u32][chunk_bytes u64]
+Version 2 adds an index of the seek table: the sums of the stored and of the decompressed sizes of
+each block of 1024 entries (16 bytes per 4 GiB of a 1 TiB array in 4 MiB frames). With it a
+reader opens a big file without reading its whole seek table (2 MiB for 1 TiB): it reads the
+blocks it needs when it needs them, and checks each block against its sums.
+
+    [magic 0x184D2A5C u32][payload size u32]["LZMC"][version u32][chunk_bytes u64]
+    version 2 only: [entries per block u32][blocks u32][blocks x (stored sum u64, stream sum u64)]
+                    [CRC-32 of the index u32]
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .frames import BLOCK, block_sums
 
 LAYOUT_MAGIC = 0x184D2A5C
 """A skippable frame magic (0x184D2A50..5F); 0x184D2A5E is the seek table's."""
-_FRAME = struct.Struct("<II4sIQ")
-LAYOUT_FRAME_SIZE = _FRAME.size
-_TAG, _VERSION = b"LZMC", 1
+_V1 = struct.Struct("<II4sIQ")
+_V2_COUNTS = struct.Struct("<II")
+LAYOUT_FRAME_SIZE = _V1.size
+"""Size of a version 1 frame, and of the fixed part of any version."""
+MAX_LAYOUT_FRAME_SIZE = LAYOUT_FRAME_SIZE + _V2_COUNTS.size + 16 * (0x8000000 // BLOCK) + 4
+"""Largest layout frame a reader accepts (an index of the most frames a seek table can list)."""
+_TAG = b"LZMC"
 
 
-def layout_frame(chunk_bytes: int) -> bytes:
-    """The layout frame of a file whose chunks hold ``chunk_bytes`` decompressed bytes."""
-    return _FRAME.pack(LAYOUT_MAGIC, LAYOUT_FRAME_SIZE - 8, _TAG, _VERSION, chunk_bytes)
+@dataclass(frozen=True)
+class Layout:
+    chunk_bytes: int | None
+    """The writer's chunk size, if sound (positive)."""
+    block_sums: tuple[np.ndarray, np.ndarray] | None = None
+    """Per block of ``BLOCK`` seek table entries: sums of stored and of decompressed sizes (int64)."""
 
 
-def parse_layout_frame(data: bytes | memoryview) -> int | None:
-    """The chunk size a layout frame names, or None if ``data`` is not one (any other skippable
-    frame, another version): readers then fall back to choosing chunks from the frame sizes."""
-    if len(data) != LAYOUT_FRAME_SIZE:
+def layout_frame_size(n_frames: int) -> int:
+    """Bytes of the version 2 layout frame of a file of ``n_frames`` frames (itself included)."""
+    return LAYOUT_FRAME_SIZE + _V2_COUNTS.size + 16 * -(-n_frames // BLOCK) + 4
+
+
+def layout_frame(chunk_bytes: int, compressed_sizes: np.ndarray | None = None,
+                 decompressed_sizes: np.ndarray | None = None) -> bytes:
+    """The layout frame of a file whose chunks hold ``chunk_bytes`` decompressed bytes.
+
+    With the sizes of every frame before it (header and data frames), a version 2 frame whose
+    index also covers its own entry, the seek table's last; without, a version 1 frame.
+    """
+    if compressed_sizes is None or decompressed_sizes is None:
+        return _V1.pack(LAYOUT_MAGIC, LAYOUT_FRAME_SIZE - 8, _TAG, 1, chunk_bytes)
+    size = layout_frame_size(len(compressed_sizes) + 1)
+    stored = block_sums(np.append(np.asarray(compressed_sizes, dtype=np.int64), size))
+    stream = block_sums(np.append(np.asarray(decompressed_sizes, dtype=np.int64), 0))
+    index = np.empty((len(stored), 2), dtype="<u8")
+    index[:, 0], index[:, 1] = stored, stream
+    body = index.tobytes()
+    return (_V1.pack(LAYOUT_MAGIC, size - 8, _TAG, 2, chunk_bytes) + _V2_COUNTS.pack(BLOCK, len(stored))
+            + body + struct.pack("<I", zlib.crc32(body)))
+
+
+def parse_layout_frame(data: bytes | memoryview, n_frames: int) -> Layout | None:
+    """What a layout frame says about a file of ``n_frames`` frames, or None if ``data`` is not
+    one (any other skippable frame, an unknown version): readers then fall back to choosing
+    chunks from the frame sizes, and to reading the whole seek table. An index that does not fit
+    ``n_frames`` is ignored; one that lies is caught when its blocks are read."""
+    if len(data) < LAYOUT_FRAME_SIZE:
         return None
-    magic, size, tag, version, chunk_bytes = _FRAME.unpack(bytes(data))
-    if magic != LAYOUT_MAGIC or size != LAYOUT_FRAME_SIZE - 8 or tag != _TAG or version != _VERSION:
+    magic, size, tag, version, chunk_bytes = _V1.unpack_from(data, 0)
+    if magic != LAYOUT_MAGIC or size != len(data) - 8 or tag != _TAG or version not in (1, 2):
         return None
-    return int(chunk_bytes) if chunk_bytes > 0 else None
+    chunk = int(chunk_bytes) if chunk_bytes > 0 else None
+    if version == 1:
+        return Layout(chunk) if len(data) == LAYOUT_FRAME_SIZE else None
+    if len(data) < LAYOUT_FRAME_SIZE + _V2_COUNTS.size:
+        return None
+    block, blocks = _V2_COUNTS.unpack_from(data, LAYOUT_FRAME_SIZE)
+    if block != BLOCK or blocks != -(-n_frames // BLOCK) or len(data) != layout_frame_size(n_frames):
+        return Layout(chunk)
+    body = bytes(data[LAYOUT_FRAME_SIZE + _V2_COUNTS.size : -4])
+    if zlib.crc32(body) != int.from_bytes(data[-4:], "little"):
+        return Layout(chunk)  # a damaged index: the reader reads the whole table instead
+    index = np.frombuffer(body, dtype="<u8").reshape(blocks, 2)
+    if blocks and int(index.max()) >= 1 << 62:  # absurd sums: no index (and no overflow in int64)
+        return Layout(chunk)
+    sums = index.astype(np.int64)
+    return Layout(chunk, (sums[:, 0].copy(), sums[:, 1].copy()))

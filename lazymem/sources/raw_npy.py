@@ -92,7 +92,7 @@ class RawNpyReader(FramedSource):
     def decompress_into(self, index: int, compressed: bytes | memoryview, out: Any) -> None:
         """Copy frame ``index`` (stored bytes = content) into ``out``, exactly its size."""
         view = byte_view(out)
-        expected = int(self.table.decompressed_sizes[index])
+        expected = self.table.decompressed_size(index)
         if len(view) != expected:
             raise ValueError(f"frame {index} holds {expected} bytes, the output buffer has {len(view)}")
         if len(compressed) != expected:

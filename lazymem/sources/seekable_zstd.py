@@ -31,8 +31,8 @@ from lazymem.errors import (
     UnverifiableDataWarning,
 )
 
-from .frames import FramedSource, FrameTable, byte_view, object_size
-from .layout_frame import LAYOUT_FRAME_SIZE, parse_layout_frame
+from .frames import BLOCK, FramedSource, FrameTable, block_sums, byte_view, object_size, read_exactly
+from .layout_frame import LAYOUT_FRAME_SIZE, MAX_LAYOUT_FRAME_SIZE, Layout, parse_layout_frame
 from .npy_header import NpyHeader, npy_header_length, parse_npy_header
 from .zero_frames import ZSTD_MAGIC, is_zero_frame, parse_frame_header
 
@@ -173,11 +173,16 @@ def parse_seek_table(tail: bytes, file_size: int) -> FrameTable:
     words = entry_size // 4
     entries = np.frombuffer(table, dtype="<u4", count=n_frames * words, offset=SKIPPABLE_HEADER_SIZE)
     entries = entries.reshape(n_frames, words)
-    # Views of the bytes read, no copies (a 1 TiB array's table is 2 MiB; see FrameTable).
-    compressed = entries[:, 0]
-    decompressed = entries[:, 1]
-    available = file_size - table_size
-    covered = int(compressed.sum(dtype=np.int64))  # per column: sum(axis=0, dtype=) is 15x slower
+    # Views of the bytes read, no copies (a 1 TiB array's table is 2 MiB; see FrameTable). The
+    # block sums are computed once, here, and travel with the table to the monitor.
+    sums = (block_sums(entries[:, 0]), block_sums(entries[:, 1]))
+    _check_coverage(int(sums[0].sum()), file_size - table_size, n_frames)
+    _check_entries(entries, 0)
+    return FrameTable.from_entries(entries.view(np.uint32), sums=sums)
+
+
+def _check_coverage(covered: int, available: int, n_frames: int) -> None:
+    """The frames must cover exactly the bytes before the seek table."""
     if covered > available:
         raise TruncatedFileError(
             f"seek table lists {covered} bytes of frames but only {available} bytes precede it: "
@@ -188,12 +193,96 @@ def parse_seek_table(tail: bytes, file_size: int) -> FrameTable:
             f"{available} bytes precede the seek table but its {n_frames} frames cover only {covered}: "
             "the table is corrupt or data was appended"
         )
+
+
+def _check_entries(entries: np.ndarray, first: int) -> None:
+    """No frame may decode to content while storing no bytes (``entries`` are rows from ``first``)."""
+    compressed = entries[:, 0]
     if compressed.min(initial=1) == 0:  # rare: only then build the masks
+        decompressed = entries[:, 1]
         empty_frames = (compressed == 0) & (decompressed > 0)
         if empty_frames.any():
             index = int(np.argmax(empty_frames))
-            raise SeekTableError(f"seek table entry {index} has no stored bytes but {decompressed[index]} of content")
-    return FrameTable.from_entries(entries.view(np.uint32))
+            raise SeekTableError(
+                f"seek table entry {first + index} has no stored bytes but {decompressed[index]} of content"
+            )
+
+
+class SeekTableRows:
+    """The rows of a big seek table, read block by block (1024 entries) on first use.
+
+    Files written by :func:`lazymem.save` index their seek table in the layout frame (see
+    :mod:`lazymem.sources.layout_frame`): with it ``open`` reads the first block and the last
+    bytes only, whatever the array's size, and a fault reads the 8 KiB block of its chunk's
+    frames if no fault read it before. Each block is checked against the index when read (and
+    for entries that store nothing), so a damaged table is an error where it is used, never
+    wrong offsets. Safe to use from several threads; pickles the blocks read so far.
+    """
+
+    def __init__(self, fs: Any, path: str, size: int, start: int, n_frames: int, entry_size: int,
+                 sums: tuple[np.ndarray, np.ndarray]) -> None:
+        self.fs, self.path, self.size = fs, path, size
+        self.start = start  # where entry 0 lies in the object
+        self.entry_size = entry_size
+        self.sums = sums
+        # Untouched pages of np.zeros cost nothing: only the blocks read take memory.
+        self.entries = np.zeros((n_frames, entry_size // 4), dtype=np.uint32)
+        self.loaded = np.zeros(len(sums[0]), dtype=bool)
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        blocks = np.flatnonzero(self.loaded)
+        rows = [self.entries[b * BLOCK : (b + 1) * BLOCK] for b in blocks]
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_local", "_lock", "entries", "loaded")}
+        return {**state, "n_frames": len(self.entries), "blocks": blocks,
+                "rows": np.concatenate(rows) if rows else self.entries[:0]}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        blocks, rows = state.pop("blocks"), state.pop("rows")
+        n_frames = state.pop("n_frames")
+        self.__dict__.update(state)
+        self.entries = np.zeros((n_frames, self.entry_size // 4), dtype=np.uint32)
+        self.loaded = np.zeros(len(self.sums[0]), dtype=bool)
+        self._lock = threading.Lock()
+        at = 0
+        for block in blocks:
+            lo, hi = block * BLOCK, min((block + 1) * BLOCK, n_frames)
+            self.entries[lo:hi] = rows[at : at + hi - lo]
+            self.loaded[block] = True
+            at += hi - lo
+
+    def need(self, lo: int, hi: int) -> None:
+        """Read the blocks holding rows ``[lo, hi)`` that are not read yet, in one request."""
+        first, last = lo // BLOCK, (max(hi, lo + 1) - 1) // BLOCK
+        if self.loaded[first : last + 1].all():
+            return
+        with self._lock:
+            missing = first + np.flatnonzero(~self.loaded[first : last + 1])
+            if not len(missing):
+                return
+            first, last = int(missing[0]), int(missing[-1])
+            lo, hi = first * BLOCK, min((last + 1) * BLOCK, len(self.entries))
+            data = read_exactly(self, self.fs, self.path, self.size, self.start + lo * self.entry_size,
+                                self.start + hi * self.entry_size)
+            rows = np.frombuffer(data, dtype="<u4").reshape(hi - lo, -1)
+            for block in range(first, last + 1):
+                if not self.loaded[block]:
+                    at = block * BLOCK - lo
+                    self.add(block, rows[at : at + BLOCK])
+
+    def add(self, block: int, rows: np.ndarray) -> None:
+        """Check the rows of ``block`` against the index and keep them."""
+        got = (int(rows[:, 0].sum(dtype=np.int64)), int(rows[:, 1].sum(dtype=np.int64)))
+        expected = (int(self.sums[0][block]), int(self.sums[1][block]))
+        if got != expected:
+            raise SeekTableError(
+                f"{self.path}: seek table entries {block * BLOCK}..{block * BLOCK + len(rows) - 1} sum to "
+                f"{got[0]} stored and {got[1]} decompressed bytes, but the layout frame's index says "
+                f"{expected[0]} and {expected[1]}: the table or its index is corrupt"
+            )
+        _check_entries(rows, block * BLOCK)
+        self.entries[block * BLOCK : block * BLOCK + len(rows)] = rows
+        self.loaded[block] = True
 
 
 def _find_native_frame_size() -> Callable[[Any], int] | None:
@@ -304,16 +393,27 @@ def decode_frame_into(compressed: Any, out: memoryview) -> None:
         raise ValueError(f"frame decompresses to more than the {expected} bytes the seek table says")
 
 
-def _layout_hint(table: FrameTable, tail: bytes, table_bytes: int) -> int | None:
-    """The chunk size named by a layout frame right before the seek table, if there is one and
-    the bytes already read hold it."""
+def _layout_frame_size(tail: bytes) -> int:
+    """Stored size of the layout frame the seek table lists last, read from the table's last entry
+    in ``tail`` (0 if that entry is not a plausible layout frame, or ``tail`` does not hold it)."""
+    n_frames, entry_size = _footer_fields(tail[-FOOTER_SIZE:])
+    if not n_frames or len(tail) < FOOTER_SIZE + entry_size:
+        return 0
+    stored, content = struct.unpack_from("<II", tail, len(tail) - FOOTER_SIZE - entry_size)
+    return stored if content == 0 and LAYOUT_FRAME_SIZE <= stored <= MAX_LAYOUT_FRAME_SIZE else 0
+
+
+def _layout(table: FrameTable, tail: bytes, table_bytes: int) -> Layout | None:
+    """What a layout frame right before the seek table says, if there is one and the bytes
+    already read hold it."""
     n = len(table)
-    if not n or table.decompressed_sizes[n - 1] != 0 or table.compressed_sizes[n - 1] != LAYOUT_FRAME_SIZE:
+    if not n or table.decompressed_size(n - 1) != 0:
         return None
+    size = table.compressed_size(n - 1)
     end = len(tail) - table_bytes
-    if end < LAYOUT_FRAME_SIZE:
+    if not LAYOUT_FRAME_SIZE <= size <= min(end, MAX_LAYOUT_FRAME_SIZE):
         return None
-    return parse_layout_frame(tail[end - LAYOUT_FRAME_SIZE : end])
+    return parse_layout_frame(memoryview(tail)[end - size : end], n)
 
 
 class _FrameRangeFile:
@@ -322,7 +422,7 @@ class _FrameRangeFile:
     def __init__(self, source: SeekableZstdReader, index: int) -> None:
         self._source = source
         self._pos = self._start = source.table.compressed_offset(index)
-        self._end = self._pos + int(source.table.compressed_sizes[index])
+        self._end = self._pos + source.table.compressed_size(index)
 
     def read(self, size: int = -1) -> bytes:
         stop = self._end if size < 0 else min(self._end, self._pos + size)
@@ -393,18 +493,31 @@ class SeekableZstdReader(FramedSource):
             needed = seek_table_size(tail[-FOOTER_SIZE:]) if len(tail) >= FOOTER_SIZE else FOOTER_SIZE
         except SeekTableError as exc:
             raise SeekTableError(f"{path}: {exc}") from None
-        if len(tail) < needed <= size:
-            # With the layout frame before the table if it fits (see layout_frame): no third request.
-            tail = self._cat(size - min(size, needed + LAYOUT_FRAME_SIZE), size)
+        layout_bytes = _layout_frame_size(tail) if len(tail) >= FOOTER_SIZE else 0
+        table: FrameTable | None = None
+        layout: Layout | None = None
         try:
-            table = parse_seek_table(tail, size)
+            if len(tail) < needed <= size:
+                if layout_bytes:  # an index of the table, maybe: read only the blocks needed
+                    table, layout = self._lazy_table(tail, needed, layout_bytes)
+                if table is None:  # the whole table, with the layout frame before it: no third request
+                    tail = self._cat(size - min(size, needed + layout_bytes), size)
+            if table is None:
+                table = parse_seek_table(tail, size)
+                layout = _layout(table, tail, needed)
         except (SeekTableError, TruncatedFileError) as exc:
             raise type(exc)(f"{path}: {exc}") from None
         self.table = table
-        self.chunk_bytes_hint = _layout_hint(table, tail, needed)
+        self.chunk_bytes_hint = layout.chunk_bytes if layout is not None else None
         self.stream_size = table.decompressed_total
         self.checksummed = None  # _note_checksum sets it from the first frame read
         self.header = self._read_header()
+        end = self.header.data_offset + self.header.nbytes
+        if table.lazy and end != self.stream_size:  # lazymem.save's files end with the data
+            raise SeekTableError(
+                f"{path}: the layout frame's index sums to a {self.stream_size}-byte stream, but the .npy "
+                f"header ends the data at byte {end}: the index is wrong"
+            )
         if self.checksummed is False:
             warnings.warn(
                 f"{path}: its zstd frames carry no content checksums, so corruption of the stored bytes "
@@ -415,14 +528,40 @@ class SeekableZstdReader(FramedSource):
             )
         return self
 
+    def _lazy_table(self, tail: bytes, needed: int, layout_bytes: int) -> tuple[FrameTable | None, Layout | None]:
+        """A table read block by block, if the layout frame indexes it: one request for the layout
+        frame and the table's first block (which holds the header's frame). Only that block is
+        kept, even if ``tail`` holds others: every block kept is pickled to the monitor."""
+        n_frames, entry_size = _footer_fields(tail[-FOOTER_SIZE:])
+        table_start = self.size - needed
+        first_rows = min(n_frames, BLOCK)
+        head = self._cat(table_start - layout_bytes, table_start + SKIPPABLE_HEADER_SIZE + first_rows * entry_size)
+        layout = parse_layout_frame(memoryview(head)[:layout_bytes], n_frames)
+        if layout is None or layout.block_sums is None:
+            return None, layout
+        magic, frame_size = _SKIPPABLE_HEADER.unpack_from(head, layout_bytes)
+        if magic != SEEK_TABLE_MAGIC or frame_size != needed - SKIPPABLE_HEADER_SIZE:
+            raise SeekTableError(
+                f"seek table footer claims {n_frames} frames ({needed} bytes), but no seek table frame "
+                f"starts there (magic 0x{magic:08X}, frame size {frame_size}): the frame count or the table "
+                "is corrupt"
+            )
+        sums = layout.block_sums
+        _check_coverage(int(sums[0].sum()), table_start, n_frames)
+        rows = SeekTableRows(self.fs, self.path, self.size, table_start + SKIPPABLE_HEADER_SIZE, n_frames,
+                             entry_size, sums)
+        words = entry_size // 4
+        rows.add(0, np.frombuffer(head, dtype="<u4", offset=layout_bytes + SKIPPABLE_HEADER_SIZE).reshape(-1, words))
+        return FrameTable.from_entries(rows.entries, sums=sums, loader=rows), layout
+
     def _read_header(self) -> NpyHeader:
         if self.stream_size == 0:
             raise FormatError(f"{self.path}: the seekable zstd file decompresses to nothing (no .npy header)")
-        sizes = self.table.decompressed_sizes
-        first = 0 if sizes[0] > 0 else int(np.argmax(sizes > 0))
+        table = self.table
+        first = next(i for i in range(len(table)) if table.decompressed_size(i) > 0)  # the stream is not empty
         # Enough for the fixed part of any header, and the whole first frame if that is cheap: native
         # files hold exactly the header in frame 0, pyzstd's put header and data together.
-        probe = min(self.stream_size, max(16, min(int(sizes[first]), HEADER_PROBE)))
+        probe = min(self.stream_size, max(16, min(table.decompressed_size(first), HEADER_PROBE)))
         prefix = self._read_prefix(probe)
         try:
             length = npy_header_length(prefix)
@@ -446,11 +585,10 @@ class SeekableZstdReader(FramedSource):
     def _read_prefix(self, length: int) -> bytes:
         """The first ``length`` bytes of the stream, decoding as few frames as possible."""
         out = bytearray()
-        sizes = self.table.decompressed_sizes
         for index in range(len(self.table)):
             if len(out) >= length:
                 break
-            frame_size = int(sizes[index])
+            frame_size = self.table.decompressed_size(index)
             if frame_size == 0:
                 continue
             take = min(length - len(out), frame_size)
@@ -464,7 +602,7 @@ class SeekableZstdReader(FramedSource):
 
     def _cat_frame(self, index: int) -> bytes:
         start = self.table.compressed_offset(index)
-        blob = self._cat(start, start + int(self.table.compressed_sizes[index]))
+        blob = self._cat(start, start + self.table.compressed_size(index))
         self._note_checksum(blob)
         return blob
 
@@ -481,7 +619,7 @@ class SeekableZstdReader(FramedSource):
         The content checksum cannot be checked on a prefix; the header is parsed strictly instead,
         and the data is verified when the frame is decoded in full.
         """
-        read_size = min(int(self.table.compressed_sizes[index]), 1 << 18)
+        read_size = min(self.table.compressed_size(index), 1 << 18)
         try:
             reader = _decompressor().stream_reader(
                 _FrameRangeFile(self, index),  # type: ignore[arg-type]  # anything with read() will do
@@ -509,8 +647,8 @@ class SeekableZstdReader(FramedSource):
 
         See :func:`lazymem.sources.zero_frames.is_zero_frame`: corrupt frames are never zero frames.
         """
-        size = int(self.table.decompressed_sizes[index])
-        return len(compressed) == int(self.table.compressed_sizes[index]) and is_zero_frame(compressed, size)
+        size = self.table.decompressed_size(index)
+        return len(compressed) == self.table.compressed_size(index) and is_zero_frame(compressed, size)
 
     def decompress_into(self, index: int, compressed: bytes | memoryview, out: Any) -> None:
         """Decompress frame ``index`` straight into ``out``.
@@ -537,10 +675,10 @@ class SeekableZstdReader(FramedSource):
             The frame does not decode to exactly its declared content (names path and frame).
         """
         view = byte_view(out)
-        expected = int(self.table.decompressed_sizes[index])
+        expected = self.table.decompressed_size(index)
         if len(view) != expected:
             raise ValueError(f"frame {index} holds {expected} bytes, the output buffer has {len(view)}")
-        stored = int(self.table.compressed_sizes[index])
+        stored = self.table.compressed_size(index)
         if len(compressed) != stored:
             raise self._corrupt(index, f"got {len(compressed)} stored bytes, the seek table says {stored}")
         if self.is_zero_frame(index, compressed):
