@@ -3,8 +3,9 @@
 Layout: frame 0 holds the ``.npy`` header alone; then each chunk of ``chunk_bytes`` data bytes
 (the last may be shorter) is stored as a few frames of ``frame_bytes`` (the last of a chunk may be
 shorter); a layout frame naming ``chunk_bytes`` and indexing the seek table
-(:mod:`lazymem.sources.layout_frame`) and the zstd seek table end the file. Because both sizes are multiples of the page size and the data starts a
-frame, every frame maps onto whole pages of the array, which is what the lazy loader installs: a
+(:mod:`lazymem.sources.layout_frame`) and the zstd seek table end the file. Because both sizes are
+multiples of the page size and the data starts a frame, every frame maps onto whole pages of the
+array, which is what the lazy loader installs: a
 chunk at a time, waking a reader as soon as the frame it waits for is decoded. All-zero frames are
 stored as RLE zero blocks (:mod:`lazymem.sources.zero_frames`), which readers recognise without
 decompressing.

@@ -47,6 +47,12 @@ def test_frame_lookups_match_full_columns(values: list[int], data: st.DataObject
     if len(sizes) > 64:
         indices = list(range(0, len(sizes), 3))
         assert fresh.compressed_offsets_of(indices) == [int(table.compressed_offsets[i]) for i in indices]
+    if len(sizes):  # a few frames close together (a chunk's), in any order, from one cumsum
+        lo = data.draw(st.integers(0, len(sizes) - 1))
+        near = data.draw(st.lists(st.integers(lo, min(len(sizes) - 1, lo + 2 * _BLOCK)), min_size=1, max_size=9))
+        again = FrameTable.from_sizes(sizes[::-1].copy(), sizes)
+        assert again.decompressed_offsets_of(near) == [int(table.decompressed_offsets[i]) for i in near]
+        assert again.compressed_offsets_of(near) == [int(table.compressed_offsets[i]) for i in near]
     for _ in range(10):
         start = data.draw(st.integers(0, total))
         stop = data.draw(st.integers(start, total))
