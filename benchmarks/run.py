@@ -132,7 +132,7 @@ class Dataset:
             "generator": datagen.GENERATOR_VERSION,
             "chunk_bytes": CHUNK_BYTES,
             "level": LEVEL,
-            "layout": "lazymem.save default frames (512 KiB), layout frame v2 (indexed)",  # older files: one frame per chunk
+            "layout": "lazymem.save default frames (512 KiB), layout frame v2 (indexed)",  # older: rebuilt
         }
 
     def ready(self) -> bool:

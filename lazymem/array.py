@@ -49,6 +49,9 @@ class Stats:
     readahead_chunks: int
     zero_chunks: int
     """Chunks stored as zero frames: installed as zero pages, nothing decompressed or copied."""
+    early_wakes: int
+    """Faults answered before their chunk was complete: the reader's frame (or first 256 KiB) was
+    installed and its thread woken while the rest of the chunk was still decoded or copied."""
     evictions: int
     failures: int
     fetch_seconds: float

@@ -322,6 +322,24 @@ def test_elements_anywhere_in_a_chunk_read_first_are_right(field, frame_bytes, t
     assert np.array_equal(a, src)
 
 
+@pytest.mark.parametrize("frames_per_chunk", [1, 4])
+def test_a_fault_wakes_its_reader_once_its_own_frame_is_in(tmp_path: Path, frames_per_chunk: int) -> None:
+    # Chunks of 64 KiB fit in one first piece (FIRST_PIECE): only a frame decoded ahead of the rest
+    # of its chunk can wake the reader early. One frame per chunk: the whole chunk comes at once.
+    chunk = 16 * PAGE
+    src = np.random.default_rng(4).integers(0, 1 << 30, 8 * chunk // 4, dtype=np.int32)
+    path = str(tmp_path / "frames.npy.zst")
+    lazymem.save(path, src, chunk_bytes=chunk, frame_bytes=chunk // frames_per_chunk)
+    a = lazymem.open(path, readahead=0)
+    for i, within in enumerate([0, chunk // 4 - 1, chunk // 2 + 5, chunk - 1]):  # bytes into chunk i
+        index = (i * chunk + within) // 4
+        assert a[index] == src[index]
+    s = lazymem.stats(a)
+    assert s.chunks_installed == 4
+    assert s.early_wakes == (4 if frames_per_chunk > 1 else 0)
+    assert a.tobytes() == src.tobytes()
+
+
 def _resident_pages(arr: np.ndarray) -> np.ndarray:
     """mincore over the array's mapping: which pages of the memfd are in memory."""
     import ctypes

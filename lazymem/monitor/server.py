@@ -58,6 +58,7 @@ class RegionStats:
     bytes_decompressed: int = 0
     readahead_chunks: int = 0
     zero_chunks: int = 0
+    early_wakes: int = 0
     evictions: int = 0
     failures: int = 0
     fetch_seconds: float = 0.0
@@ -509,6 +510,7 @@ class Monitor:
         with region.lock:
             stats.chunks_installed += 1
             stats.zero_chunks += zeros
+            stats.early_wakes += job.woken
             stats.bytes_decompressed += data_bytes
             stats.bytes_fetched += _stored_bytes(region.reader, region.data_offset + offset, data_bytes)
             stats.fetch_seconds += t1 - t0
