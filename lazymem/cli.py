@@ -41,6 +41,9 @@ def _info(args: argparse.Namespace) -> int:
     if reader.size:
         print(f"ratio         {h.nbytes / max(reader.size, 1):.2f}x")
     print(f"frames        {len(table)}")
+    if reader.chunk_bytes_hint is not None:
+        print(f"chunk bytes   {_human(reader.chunk_bytes_hint)} (named by the layout frame)")
+    print(f"seek table    {'indexed: read block by block' if table.lazy else 'read whole at open'}")
     if len(table) > 1:
         sizes = np.asarray(table.decompressed_sizes)
         print(f"frame bytes   median {_human(float(np.median(sizes)))}, max {_human(float(sizes.max()))}")
