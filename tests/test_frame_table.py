@@ -6,7 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lazymem.sources.frames import _BLOCK, FrameTable, _Prefix, block_sums
+from lazymem.sources.frames import BLOCK as _BLOCK
+from lazymem.sources.frames import FrameTable, _Prefix, block_sums
 
 # Sizes around the block length, with runs of empty frames (skippable frames have no stream bytes).
 sizes_lists = st.lists(st.sampled_from([0, 0, 1, 3, 4096, 1 << 20, (1 << 32) - 1]), max_size=3 * _BLOCK + 5)

@@ -212,3 +212,18 @@ def test_a_lazy_table_over_http(http_store, big_table) -> None:
     picks = np.random.default_rng(2).integers(0, len(src), 50)
     assert np.array_equal(a[picks], src[picks])
     assert_same_array(lazymem.load(url), src)
+
+
+def test_a_lazy_table_over_s3(s3_store, big_table) -> None:
+    import fsspec
+
+    path, src = big_table
+    options = s3_store.storage_options
+    with fsspec.open("s3://test/many.npy.zst", "wb", **options) as f:
+        f.write(Path(path).read_bytes())
+    reader = open_source("s3://test/many.npy.zst", options)
+    assert reader.table.lazy and _loaded(reader) == [0]
+    a = lazymem.open("s3://test/many.npy.zst", storage_options=options, chunk_bytes=64 * PAGE, readahead=0)
+    picks = np.random.default_rng(3).integers(0, len(src), 50)
+    assert np.array_equal(a[picks], src[picks])
+    assert a.tobytes() == src.tobytes()

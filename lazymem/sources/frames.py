@@ -53,7 +53,6 @@ def _offsets(sizes: np.ndarray) -> np.ndarray:
 
 BLOCK = 1024
 """Frames per block: tables keep one sum per block, and lazy tables load one block at a time."""
-_BLOCK = BLOCK
 
 
 def block_sums(sizes: np.ndarray) -> np.ndarray:
