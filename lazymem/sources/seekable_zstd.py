@@ -534,6 +534,8 @@ class SeekableZstdReader(FramedSource):
         kept, even if ``tail`` holds others: every block kept is pickled to the monitor."""
         n_frames, entry_size = _footer_fields(tail[-FOOTER_SIZE:])
         table_start = self.size - needed
+        if layout_bytes > table_start:  # the entry lies: parse_seek_table says how
+            return None, None
         first_rows = min(n_frames, BLOCK)
         head = self._cat(table_start - layout_bytes, table_start + SKIPPABLE_HEADER_SIZE + first_rows * entry_size)
         layout = parse_layout_frame(memoryview(head)[:layout_bytes], n_frames)
@@ -558,7 +560,7 @@ class SeekableZstdReader(FramedSource):
         if self.stream_size == 0:
             raise FormatError(f"{self.path}: the seekable zstd file decompresses to nothing (no .npy header)")
         table = self.table
-        first = next(i for i in range(len(table)) if table.decompressed_size(i) > 0)  # the stream is not empty
+        first = table.frame_at(0)  # the first frame with content (the stream is not empty)
         # Enough for the fixed part of any header, and the whole first frame if that is cheap: native
         # files hold exactly the header in frame 0, pyzstd's put header and data together.
         probe = min(self.stream_size, max(16, min(table.decompressed_size(first), HEADER_PROBE)))
