@@ -610,3 +610,29 @@ def test_read_into_first_with_zero_frames_in_the_chunk(tmp_path: Path) -> None:
     out = bytearray(b"\xaa" * 8 * PAGE)
     assert reader.read_into(reader.data_offset + 8 * PAGE, out, skip_zeros=True, first=first, on_first=on_first)
     assert bytes(out) == b"\xaa" * 8 * PAGE and len(calls) == 1  # untouched, nothing reported
+
+
+def test_frames_decoded_together_all_finish_before_an_error_is_raised() -> None:
+    # The monitor reuses the buffer a failed chunk was decoded into: no decode may still be writing
+    # into it once read_into has raised.
+    import threading
+
+    from lazymem.sources.frames import _run_together
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one CPU: the jobs run one after the other")
+    started, done = threading.Event(), []
+    frame = zstandard.ZstdCompressor(level=1).compress(np.random.default_rng(0).bytes(4 << 20))
+
+    def failing() -> None:
+        started.wait()  # the other job is under way
+        raise ValueError("a corrupt frame")
+
+    def slow() -> None:
+        started.set()
+        zstandard.ZstdDecompressor().decompress(frame)  # ~10 ms after the failure
+        done.append(True)
+
+    with pytest.raises(ValueError, match="corrupt"):
+        _run_together([failing, slow])
+    assert done == [True]

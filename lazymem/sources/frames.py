@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -472,6 +473,34 @@ class _LocalFile:
         return data
 
 
+def _run_together(jobs: list[Callable[[], None]]) -> None:
+    """Run ``jobs`` spread over the CPUs (zstd releases the GIL while decoding) and return once
+    every one has finished, raising the first error then: no job may still be writing into a
+    buffer its caller reuses. Plain threads, short-lived: nothing to go stale across a fork."""
+    workers = min(len(jobs), os.cpu_count() or 1)
+    if workers <= 1:
+        for job in jobs:
+            job()
+        return
+    errors: list[BaseException] = []
+
+    def run(share: list[Callable[[], None]]) -> None:
+        try:
+            for job in share:
+                job()
+        except BaseException as exc:  # noqa: BLE001 - raised by the caller once all are done
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(jobs[w::workers],), daemon=True) for w in range(1, workers)]
+    for thread in threads:
+        thread.start()
+    run(jobs[0::workers])
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
 def local_file(owner: Any, fs: Any, path: str) -> _LocalFile | None:
     """The descriptor ``owner`` reads local file ``path`` through (opened on first use, one per
     process, kept in ``owner.__dict__``; pickling must drop it), or None for other filesystems."""
@@ -780,12 +809,18 @@ class FramedSource:
                 fetch(rest)
             if all(self.is_zero_frame(indices[k], cast(memoryview, blobs[k])) for k in rest):
                 return True
-        order = early + [k for k in range(len(indices)) if k not in early]
-        for n, k in enumerate(order):
+        def decode(k: int) -> None:
+            self._decode_overlap(indices[k], cast(memoryview, blobs[k]), start, view, offsets[k])
+
+        # Several frames under the reader's page (a 2 MiB huge page holds four): all cores decode
+        # them, the reader waits for every one.
+        _run_together([partial(decode, k) for k in early])
+        rest = [k for k in range(len(indices)) if k not in early]
+        if early and rest:
+            assert on_first is not None
+            on_first(*early_range)
+        for k in rest:
             if blobs[k] is None:
                 fetch([k for k, blob in enumerate(blobs) if blob is None])
-            self._decode_overlap(indices[k], cast(memoryview, blobs[k]), start, view, offsets[k])
-            if early and n == len(early) - 1 and len(order) > len(early):
-                assert on_first is not None
-                on_first(*early_range)
+            decode(k)
         return False
