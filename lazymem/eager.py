@@ -10,7 +10,9 @@ decompresses the previous batch; local files are mapped instead of read (no copy
 
 from __future__ import annotations
 
+import mmap
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
+from lazymem.kernel import userfaultfd as uffd
 from lazymem.sources import open_source
 from lazymem.sources.frames import FramedSource, byte_view
 from lazymem.sources.local_batches import local_batches
@@ -60,6 +63,60 @@ def _decode(
     else:
         # Cut by the data's edges (a frame shared with the header, or trailing bytes): through a scratch.
         source._decode_overlap(index, blob, data_start, out)
+
+
+PREFAULT_STEP = 32 << 20
+"""Bytes of the output faulted in per call by the prefault thread."""
+LIKELY_ZERO_RATIO = 256
+"""Frames compressed more than this are not prefaulted: zero frames (4 MiB in 141 bytes) leave
+their pages of the ``np.zeros`` output untouched, and must keep costing no memory."""
+
+
+class _Prefaulter:
+    """Faults the fresh output in, in frame order, on a thread of its own, ahead of the decoders.
+
+    On this VM, memory freed a few seconds ago has gone back to the host, and the first touch of
+    each page then stalls its thread (0.17 to 1.5 s per GiB). Decoders that fault the output in as
+    they write stall in turn; a thread that faults it in ahead takes most of those stalls off them
+    (measured: 1 GiB `load` 1.89 -> 1.45 s, medians of 6 alternated). The pages hold zeros either
+    way (``MADV_POPULATE_WRITE`` writes nothing), so its progress never matters for correctness.
+    """
+
+    def __init__(self, source: FramedSource, indices: Sequence[int], data_start: int, out: np.ndarray) -> None:
+        self._stop = threading.Event()
+        table = source.table
+        ranges: list[tuple[int, int]] = []
+        for index, offset in zip(indices, table.decompressed_offsets_of(indices)):
+            size = table.decompressed_size(index)
+            if table.compressed_size(index) * LIKELY_ZERO_RATIO < size:
+                continue
+            lo, hi = max(offset - data_start, 0), min(offset - data_start + size, out.nbytes)
+            if ranges and ranges[-1][1] == lo and hi - ranges[-1][0] <= PREFAULT_STEP:
+                ranges[-1] = (ranges[-1][0], hi)
+            else:
+                ranges.append((lo, hi))
+        self._ranges = ranges
+        self._address = out.ctypes.data
+        self._thread = threading.Thread(target=self._run, name="lazymem-prefault", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        page = mmap.PAGESIZE
+        for lo, hi in self._ranges:
+            if self._stop.is_set():
+                return
+            start = -(-(self._address + lo) // page) * page  # whole pages inside the range only
+            end = (self._address + hi) // page * page
+            if end <= start:
+                continue
+            try:
+                uffd.madvise(start, end - start, uffd.MADV_POPULATE_WRITE)
+            except OSError:  # before Linux 5.14, or no memory: the decoders fault pages in themselves
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _check_out(out: np.ndarray, header: NpyHeader) -> None:
@@ -108,6 +165,8 @@ def read_array(source: FramedSource, *, threads: int | None = None, out: np.ndar
     threads = max(1, min(threads or os.cpu_count() or 1, len(indices)))
     batches = _batches(source, indices, BATCH_BYTES)
     local = local_batches(source) if isinstance(source.fs, LocalFileSystem) else None
+    # A fresh output is faulted in ahead of the decoders (a given `out` is the caller's, touched).
+    prefault = _Prefaulter(source, indices, data_start, out) if zeroed and out.nbytes >= PREFAULT_STEP else None
     try:
         # On async filesystems (S3, HTTP) the requests of a batch run concurrently.
         max_run = ASYNC_REQUEST_BYTES if getattr(source.fs, "async_impl", False) else None
@@ -121,6 +180,8 @@ def read_array(source: FramedSource, *, threads: int | None = None, out: np.ndar
         else:
             _decode_on_pool(source, batches, fetch, data_start, target, threads, zeroed)
     finally:
+        if prefault is not None:
+            prefault.close()
         if local is not None:
             local.close()
     return out

@@ -130,3 +130,16 @@ def rewrite_layout_frame(path: str, frame: bytes | None) -> None:
         compressed.append(len(frame))
         decompressed.append(0)
     Path(path).write_bytes(data + seek_table_bytes(np.array(compressed), np.array(decompressed)))
+
+
+def resident_pages(arr: np.ndarray) -> np.ndarray:
+    """mincore over the pages under ``arr``: 1 for each page in memory, 0 for the others."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    start = arr.ctypes.data - arr.ctypes.data % PAGE
+    length = arr.ctypes.data + arr.nbytes - start
+    pages = -(-length // PAGE)
+    vec = (ctypes.c_ubyte * pages)()
+    assert libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(length), vec) == 0, ctypes.get_errno()
+    return np.frombuffer(vec, dtype=np.uint8) & 1

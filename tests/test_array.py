@@ -17,7 +17,7 @@ from hypothesis.extra import numpy as hnp
 import lazymem
 from lazymem import LazyArray
 
-from .conftest import PAGE, assert_same_array
+from .conftest import PAGE, assert_same_array, resident_pages
 
 DTYPES = [
     np.dtype("f4"), np.dtype(">f8"), np.dtype("i1"), np.dtype("<u2"), np.dtype(">i8"), np.dtype("c16"),
@@ -340,19 +340,6 @@ def test_a_fault_wakes_its_reader_once_its_own_frame_is_in(tmp_path: Path, frame
     assert a.tobytes() == src.tobytes()
 
 
-def _resident_pages(arr: np.ndarray) -> np.ndarray:
-    """mincore over the array's mapping: which pages of the memfd are in memory."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    start = arr.ctypes.data - arr.ctypes.data % PAGE
-    length = arr.ctypes.data + arr.nbytes - start
-    pages = -(-length // PAGE)
-    vec = (ctypes.c_ubyte * pages)()
-    assert libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(length), vec) == 0, ctypes.get_errno()
-    return np.frombuffer(vec, dtype=np.uint8) & 1
-
-
 def test_a_sequential_reader_trips_the_window_and_prefetch_leaves_no_page_held_back(field) -> None:
     path, src = field
     a = lazymem.open(path, readahead=8)
@@ -362,7 +349,7 @@ def test_a_sequential_reader_trips_the_window_and_prefetch_leaves_no_page_held_b
     s = lazymem.stats(a)
     assert s.readahead_chunks > 0
     a.prefetch()  # every chunk, every page: a page held back as a tripwire goes in too
-    assert _resident_pages(a).all()
+    assert resident_pages(a).all()
     assert np.array_equal(a, src)
     assert lazymem.stats(a).chunks_present == lazymem.stats(a).chunks_total
 

@@ -482,3 +482,24 @@ def test_a_readahead_scan_installs_every_chunk_once(tmp_path: Path) -> None:
         s = lazymem.stats(a)
         assert s.chunks_installed == s.zero_chunks == s.chunks_total == 256
         del a
+
+
+def test_load_faults_in_the_data_ahead_but_never_the_zero_chunks(tmp_path: Path) -> None:
+    # lazymem.load faults a fresh output in ahead of its decoders (eager._Prefaulter), for outputs
+    # of 32 MiB and more; the pages of zero frames must stay untouched, as the decoders leave them.
+    from lazymem import eager
+
+    from .conftest import resident_pages
+
+    mib = 1 << 20
+    src = np.frombuffer(np.random.default_rng(8).bytes(96 * mib), dtype=np.uint8).copy()
+    src[32 * mib : 64 * mib] = 0
+    path = str(tmp_path / "half.npy.zst")
+    lazymem.save(path, src)
+    assert src.nbytes >= eager.PREFAULT_STEP
+    out = lazymem.load(path)
+    pages = resident_pages(out)  # before anything reads the zeros (a read maps the zero page)
+    first = (out.ctypes.data % PAGE + 40 * mib) // PAGE  # well inside the zeros: huge pages faulted
+    assert not pages[first : first + 16 * mib // PAGE].any()  # for the data around stay outside
+    assert pages[: 16 * mib // PAGE].all() and pages[-16 * mib // PAGE :].all()
+    assert out.tobytes() == src.tobytes()
