@@ -84,25 +84,30 @@ class _Prefaulter:
 
     def __init__(self, source: FramedSource, indices: Sequence[int], data_start: int, out: np.ndarray) -> None:
         self._stop = threading.Event()
-        table = source.table
+        self._address, self._nbytes = out.ctypes.data, out.nbytes
+        # The ranges are worked out on the thread too: nothing here delays the decoders' start.
+        self._thread = threading.Thread(target=self._run, args=(source.table, indices, data_start),
+                                        name="lazymem-prefault", daemon=True)
+        self._thread.start()
+
+    def _ranges(self, table: Any, indices: Sequence[int], data_start: int) -> list[tuple[int, int]]:
+        """Output byte ranges of the frames worth faulting in, adjacent ones joined up to a step."""
+        frames = np.asarray(indices, dtype=np.int64)
+        sizes = table.decompressed_sizes[frames].astype(np.int64)  # whole columns: read_array built them
+        keep = table.compressed_sizes[frames].astype(np.int64) * LIKELY_ZERO_RATIO >= sizes
+        starts = table.decompressed_offsets[frames][keep] - data_start
+        ends = np.minimum(starts + sizes[keep], self._nbytes).tolist()
         ranges: list[tuple[int, int]] = []
-        for index, offset in zip(indices, table.decompressed_offsets_of(indices)):
-            size = table.decompressed_size(index)
-            if table.compressed_size(index) * LIKELY_ZERO_RATIO < size:
-                continue
-            lo, hi = max(offset - data_start, 0), min(offset - data_start + size, out.nbytes)
+        for lo, hi in zip(np.maximum(starts, 0).tolist(), ends):
             if ranges and ranges[-1][1] == lo and hi - ranges[-1][0] <= PREFAULT_STEP:
                 ranges[-1] = (ranges[-1][0], hi)
             else:
                 ranges.append((lo, hi))
-        self._ranges = ranges
-        self._address = out.ctypes.data
-        self._thread = threading.Thread(target=self._run, name="lazymem-prefault", daemon=True)
-        self._thread.start()
+        return ranges
 
-    def _run(self) -> None:
+    def _run(self, table: Any, indices: Sequence[int], data_start: int) -> None:
         page = mmap.PAGESIZE
-        for lo, hi in self._ranges:
+        for lo, hi in self._ranges(table, indices, data_start):
             if self._stop.is_set():
                 return
             start = -(-(self._address + lo) // page) * page  # whole pages inside the range only
