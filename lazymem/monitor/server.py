@@ -72,14 +72,17 @@ class _NoRoom(Exception):
 class Job:
     """One chunk being installed; requests waiting for it block on ``done``."""
 
-    __slots__ = ("chunk", "done", "error", "fault_at", "others", "priority", "region", "reserved", "started",
-                 "trip", "woken")
+    __slots__ = ("chunk", "done", "error", "fault_at", "others", "priority", "region", "reserved", "shown",
+                 "started", "trip", "woken")
 
     def __init__(self, region: ServedRegion, chunk: int, priority: int) -> None:
         self.region, self.chunk, self.priority = region, chunk, priority
         self.started = False
         self.fault_at = -1  # offset in the chunk of the first reader waiting for it, if any
         self.woken = False  # that reader runs already, the rest of the chunk is still being copied
+        # Pages are in place, so a reader not waiting for them may run over them and ask (stats,
+        # evict) before the chunk is booked as present.
+        self.shown = False
         self.trip = False  # readahead that holds back the chunk's first page as a tripwire
         self.reserved = 0  # budget bytes this install holds while in flight
         self.others: set[ServedRegion] = set()  # clones (forked clients) that faulted on it too
@@ -444,6 +447,7 @@ class Monitor:
                 uffd.punch_hole(region.memfd, offset, span)  # drop the partial chunk
                 raise
             t1 = time.perf_counter()
+            job.shown = True
             uffd.continue_range(region.client.uffd, region.start + offset, span, wake_waiters=False)
             t2 = time.perf_counter()
         else:
@@ -459,6 +463,7 @@ class Monitor:
                     is to come (other pieces, or with ``wake`` other frames)."""
                     pieces = _pieces(lo, hi, fault_at, piece)
                     wake = wake or len(pieces) > 1
+                    job.shown = True
                     for a, b in pieces:
                         if install_zeros:  # stored as zero frames: nothing decompressed, nothing to copy
                             uffd.zeropage(region.client.uffd, target + a, b - a, wake_waiters=False)
@@ -801,10 +806,11 @@ class Monitor:
 
     @staticmethod
     def _settle(region: ServedRegion) -> None:
-        """Wait for installs whose reader was woken early: what that reader asks next (stats,
-        evict) must see its chunk installed, as when the whole chunk came before the wake."""
+        """Wait for installs whose pages are in place already (a reader woken early, or one that
+        ran over pages installed ahead of it): what the app asks next (stats, evict) must see
+        those chunks installed, as when their book-keeping came before any page."""
         with region.lock:
-            early = [job for job in region.jobs.values() if job.woken]
+            early = [job for job in region.jobs.values() if job.shown]
         for job in early:
             job.done.wait()
 
