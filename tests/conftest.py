@@ -29,13 +29,14 @@ def field(tmp_path: Path) -> tuple[str, np.ndarray]:
 
 
 def run_python(code: str, *, env: dict[str, str] | None = None, prefix: list[str] | None = None,
-               timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter that imports lazymem from this checkout."""
+               timeout: float = 120, args: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` (with ``args`` as ``sys.argv[1:]``) in a fresh interpreter that imports lazymem
+    from this checkout."""
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
     full_env.update(env or {})
     return subprocess.run(
-        [*(prefix or []), sys.executable, "-c", textwrap.dedent(code)],
+        [*(prefix or []), sys.executable, "-c", textwrap.dedent(code), *(args or [])],
         env=full_env,
         capture_output=True,
         text=True,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import lazymem
-from lazymem.errors import CorruptChunkError, SeekTableError
+from lazymem.errors import SeekTableError
 from lazymem.sources import open_source
 from lazymem.sources.frames import BLOCK
 from lazymem.sources.layout_frame import LAYOUT_FRAME_SIZE
@@ -126,10 +126,10 @@ def test_a_damaged_entry_in_an_unread_block_is_an_error_where_it_is_used(big_tab
     if damage == "sums":  # the block no longer sums to its index entry
         _patch(path, at, struct.pack("<I", stored + 1))
         error: type[Exception] = SeekTableError
-    else:  # the block's sums still hold: the frames themselves no longer decode
+    else:  # the block's sums still hold, its rows' CRC (layout frame version 3) does not
         following = struct.unpack_from("<I", Path(path).read_bytes(), at + 8)[0]
         _patch(path, at, struct.pack("<II", stored + 1, PAGE) + struct.pack("<I", following - 1))
-        error = CorruptChunkError
+        error = SeekTableError
     a = lazymem.open(path, chunk_bytes=PAGE, readahead=0)  # opens: block 6 is not read yet
     chunk = frame - 1
     assert a[: 5 * PAGE].tobytes() == src[: 5 * PAGE].tobytes()
@@ -171,7 +171,8 @@ def test_an_index_that_lies_with_a_sound_crc_is_an_error_where_it_is_used(big_ta
     path, src = _copy(big_table, tmp_path)
     start, size = _layout_offset(path)
     body_at = start + LAYOUT_FRAME_SIZE + 8
-    index = np.frombuffer(Path(path).read_bytes()[body_at : start + size - 4], dtype="<u8").reshape(-1, 2).copy()
+    # Version 3 index entries: stored sum, stream sum, rows CRC, zero (u64, u64, u32, u32).
+    index = np.frombuffer(Path(path).read_bytes()[body_at : start + size - 4], dtype="<u8").reshape(-1, 3).copy()
     if lie == "stream total":
         index[2, 1] += PAGE
     else:
@@ -180,7 +181,7 @@ def test_an_index_that_lies_with_a_sound_crc_is_an_error_where_it_is_used(big_ta
     body = index.tobytes()
     _patch(path, body_at, body + struct.pack("<I", zlib.crc32(body)))
     if lie == "stream total":  # caught at open: the stream must end where the header says the data ends
-        with pytest.raises(SeekTableError, match="index"):
+        with pytest.raises(SeekTableError, match="stream"):
             lazymem.open(path)
         return
     a = lazymem.open(path, chunk_bytes=PAGE, readahead=0)

@@ -317,6 +317,17 @@ class FrameTable:
     def __len__(self) -> int:
         return len(self._compressed)
 
+    @property
+    def entries(self) -> np.ndarray | None:
+        """The seek table rows the columns view (``uint32``), if built from them (lazy: rows not
+        read yet are zeros)."""
+        return self._entries
+
+    @property
+    def block_sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per block of ``BLOCK`` frames: sums of stored and of decompressed sizes (int64)."""
+        return self._sums
+
     def __reduce__(self) -> tuple[Any, ...]:
         # The block sums travel along (a few KiB): the monitor never sums a column again.
         if self._loader is not None:  # the loader pickles its rows loaded so far, not the others
@@ -715,6 +726,16 @@ class FramedSource:
         """
         return False
 
+    def decompress_part(self, index: int, compressed: bytes | memoryview, skip: int, out: memoryview) -> None:
+        """Decode frame ``index`` keeping only its content bytes ``[skip, skip + len(out))``, in ``out``.
+
+        Formats whose decoder can discard as it goes override this: memory must not grow with a
+        size read from the file before the frame is checked. This default decodes the whole frame.
+        """
+        scratch = bytearray(self.table.decompressed_size(index))
+        self.decompress_into(index, compressed, scratch)
+        out[:] = memoryview(scratch)[skip : skip + len(out)]
+
     def _decode_overlap(self, index: int, blob: memoryview, start: int, out: memoryview,
                         frame_start: int | None = None) -> None:
         """Put the part of frame ``index`` (which starts at ``frame_start`` in the stream, if the
@@ -727,11 +748,29 @@ class FramedSource:
             # Whole frame inside the request: decode straight into the caller's memory.
             self.decompress_into(index, blob, out[frame_start - start : frame_start - start + frame_size])
             return
-        scratch = bytearray(frame_size)
-        self.decompress_into(index, blob, scratch)
         lo = max(frame_start, start)
         hi = min(frame_start + frame_size, stop)
-        out[lo - start : hi - start] = memoryview(scratch)[lo - frame_start : hi - frame_start]
+        self.decompress_part(index, blob, lo - frame_start, out[lo - start : hi - start])
+
+    # -- where frames lie (see positions) -------------------------------------------------------
+
+    def prove_before(self, index: int) -> None:
+        """Make sure frame ``index`` is placed right: prove the sizes of the frames before it as
+        far as the table needs (see :mod:`lazymem.sources.positions`). Sources whose rows are
+        proven (synthetic frames, CRC-checked rows) have nothing to do."""
+
+    def prove_frames(self, lo: int, hi: int, have: dict[int, memoryview] | None = None,
+                     deferred: Sequence[int] = ()) -> list[int]:
+        """Prove the sizes of frames ``[lo, hi)``; return those of ``deferred`` left for the caller's
+        decoding to prove. Nothing to do where rows are proven."""
+        return []
+
+    def prove_needed(self, index: int) -> bool:
+        """Whether frame ``index``'s place (the frames before it) is still to prove."""
+        return False
+
+    def note_proven(self, lo: int, hi: int) -> None:
+        """Frames ``[lo, hi)`` decoded to exactly their entries' sizes."""
 
     def read_into(
         self,
@@ -780,7 +819,11 @@ class FramedSource:
         if start < 0 or stop > self.stream_size:
             raise ValueError(f"range [{start}, {stop}) is outside the stream [0, {self.stream_size})")
         table = self.table
-        indices = [i for i in table.frames_for(start, stop) if table.decompressed_size(i) > 0]
+        span = table.frames_for(start, stop)
+        indices = [i for i in span if table.decompressed_size(i) > 0]
+        # Frames are placed by the sizes of those before them: prove those first (see positions).
+        if span:
+            self.prove_before(span.start)
         offsets = table.decompressed_offsets_of(indices)
         early: list[int] = []  # positions in `indices` of the frames holding `first`
         early_range = (0, 0)  # the part of `out` they fill
@@ -799,15 +842,23 @@ class FramedSource:
                 blobs[k] = blob
 
         # A local file gives the frames the reader waits for first, alone (a pread of 0.2 MB, not
-        # of the chunk's 1.5 MB); over a network the whole chunk comes in one request.
-        fetch(early if early and len(early) < len(indices) and self._local_file() is not None
+        # of the chunk's 1.5 MB); over a network the whole chunk comes in one request. Frames
+        # whose places still need proving come together: their headers are checked first.
+        unproven = bool(span) and self.prove_needed(span[-1])
+        fetch(early if early and len(early) < len(indices) and self._local_file() is not None and not unproven
               else list(range(len(indices))))
+        if unproven:
+            have = {i: cast(memoryview, blob) for i, blob in zip(indices, blobs)}
+            if self.prove_frames(span.start, span[-1], have, deferred=indices):
+                early = []  # some frames prove their size only by decoding: nobody sees a byte before
         if skip_zeros and indices and all(self.is_zero_frame(indices[k], blob) for k, blob in enumerate(blobs)
                                           if blob is not None):
             rest = [k for k, blob in enumerate(blobs) if blob is None]
             if rest:  # the frames read first are zeros: the others decide
                 fetch(rest)
             if all(self.is_zero_frame(indices[k], cast(memoryview, blobs[k])) for k in rest):
+                if unproven:  # a zero frame's blocks add up to its entry's size: checked
+                    self.note_proven(span.start, span.stop)
                 return True
         def decode(k: int) -> None:
             self._decode_overlap(indices[k], cast(memoryview, blobs[k]), start, view, offsets[k])
@@ -823,4 +874,6 @@ class FramedSource:
             if blobs[k] is None:
                 fetch([k for k, blob in enumerate(blobs) if blob is None])
             decode(k)
+        if unproven:
+            self.note_proven(span.start, span.stop)
         return False

@@ -17,7 +17,7 @@ import importlib
 import struct
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -32,8 +32,9 @@ from lazymem.errors import (
 )
 
 from .frames import BLOCK, FramedSource, FrameTable, block_sums, byte_view, object_size, read_exactly
-from .layout_frame import LAYOUT_FRAME_SIZE, MAX_LAYOUT_FRAME_SIZE, Layout, parse_layout_frame
+from .layout_frame import LAYOUT_FRAME_SIZE, MAX_LAYOUT_FRAME_SIZE, Layout, parse_layout_frame, rows_crcs
 from .npy_header import NpyHeader, npy_header_length, parse_npy_header
+from .positions import ProvenPositions, Trust
 from .zero_frames import ZSTD_MAGIC, is_zero_frame, parse_frame_header
 
 __all__ = [
@@ -67,6 +68,11 @@ TAIL_READ = 1 << 16
 """Bytes read from the end of the file by ``open``: the whole table of files up to ~8000 frames."""
 HEADER_PROBE = 1 << 16
 """Decompressed bytes read from the first frame when looking for the ``.npy`` header."""
+
+_CHECKSUM_BIT = 0x04
+"""Content checksum flag in a zstd frame header's descriptor byte."""
+MAX_FRAME_HEADER = 18
+"""Largest zstd frame header: magic, descriptor, window, dictionary id (4), content size (8)."""
 
 _FOOTER = struct.Struct("<IBI")
 _SKIPPABLE_HEADER = struct.Struct("<II")
@@ -195,17 +201,52 @@ def _check_coverage(covered: int, available: int, n_frames: int) -> None:
         )
 
 
+MAX_CONTENT_PER_STORED_BYTE = 1 << 15
+"""No zstd frame decodes to more than this many bytes per stored byte: a block holds at most
+128 KiB of content and takes at least 4 stored bytes (3 of header and one of an RLE block)."""
+
+
 def _check_entries(entries: np.ndarray, first: int) -> None:
-    """No frame may decode to content while storing no bytes (``entries`` are rows from ``first``)."""
-    compressed = entries[:, 0]
-    if compressed.min(initial=1) == 0:  # rare: only then build the masks
-        decompressed = entries[:, 1]
-        empty_frames = (compressed == 0) & (decompressed > 0)
-        if empty_frames.any():
-            index = int(np.argmax(empty_frames))
+    """Each entry (rows from ``first``) must be possible: no content without stored bytes, and no
+    more content than a frame of its stored size can decode to. Checked before any size is used,
+    so that no buffer is ever sized from an impossible entry."""
+    compressed = entries[:, 0].astype(np.int64)
+    decompressed = entries[:, 1]
+    impossible = decompressed > compressed * MAX_CONTENT_PER_STORED_BYTE
+    if impossible.any():  # rare: only then say which
+        index = int(np.argmax(impossible))
+        if compressed[index] == 0:
             raise SeekTableError(
                 f"seek table entry {first + index} has no stored bytes but {decompressed[index]} of content"
             )
+        raise SeekTableError(
+            f"seek table entry {first + index} says {compressed[index]} stored bytes decode to "
+            f"{decompressed[index]}, more than any zstd frame can (at most {MAX_CONTENT_PER_STORED_BYTE} "
+            "per stored byte): the table is corrupt"
+        )
+
+
+def _check_against_layout(entries: np.ndarray, sums: tuple[np.ndarray, np.ndarray], layout: Layout) -> bool:
+    """Check a whole-parsed table against the layout frame's index: its block sums, and (version 3)
+    the CRC of each block's rows. True if the rows are proven (CRCs), False if only their sums are."""
+    assert layout.block_sums is not None
+    for ours, theirs, what in zip(sums, layout.block_sums, ("stored", "decompressed")):
+        if len(ours) != len(theirs) or not np.array_equal(ours, theirs):
+            block = int(np.argmax(ours != theirs)) if len(ours) == len(theirs) else 0
+            raise SeekTableError(
+                f"seek table entries {block * BLOCK}..{min((block + 1) * BLOCK, len(entries)) - 1} sum to other "
+                f"{what} sizes than the layout frame's index says: the table or its index is corrupt"
+            )
+    if layout.row_crcs is None:
+        return False
+    bad = np.flatnonzero(rows_crcs(entries) != layout.row_crcs)
+    if len(bad):
+        block = int(bad[0])
+        raise SeekTableError(
+            f"seek table entries {block * BLOCK}..{min((block + 1) * BLOCK, len(entries)) - 1} do not match "
+            "the CRC the layout frame keeps of them: the table is corrupt"
+        )
+    return True
 
 
 class SeekTableRows:
@@ -220,11 +261,12 @@ class SeekTableRows:
     """
 
     def __init__(self, fs: Any, path: str, size: int, start: int, n_frames: int, entry_size: int,
-                 sums: tuple[np.ndarray, np.ndarray]) -> None:
+                 sums: tuple[np.ndarray, np.ndarray], crcs: np.ndarray | None = None) -> None:
         self.fs, self.path, self.size = fs, path, size
         self.start = start  # where entry 0 lies in the object
         self.entry_size = entry_size
         self.sums = sums
+        self.crcs = crcs  # per block, from a version 3 layout frame: rows proven when read
         # Untouched pages of np.zeros cost nothing: only the blocks read take memory.
         self.entries = np.zeros((n_frames, entry_size // 4), dtype=np.uint32)
         self.loaded = np.zeros(len(sums[0]), dtype=bool)
@@ -280,6 +322,11 @@ class SeekTableRows:
                 f"{got[0]} stored and {got[1]} decompressed bytes, but the layout frame's index says "
                 f"{expected[0]} and {expected[1]}: the table or its index is corrupt"
             )
+        if self.crcs is not None and int(rows_crcs(rows)[0]) != int(self.crcs[block]):
+            raise SeekTableError(
+                f"{self.path}: seek table entries {block * BLOCK}..{block * BLOCK + len(rows) - 1} do not match "
+                "the CRC the layout frame keeps of them: the table is corrupt"
+            )
         _check_entries(rows, block * BLOCK)
         self.entries[block * BLOCK : block * BLOCK + len(rows)] = rows
         self.loaded[block] = True
@@ -302,8 +349,9 @@ def _find_native_frame_size() -> Callable[[Any], int] | None:
 _native_frame_size = _find_native_frame_size()
 
 
-def _frame_extent(frame: memoryview) -> tuple[int, int | None, bool]:
-    """Walk a zstd frame's headers: (stored size, declared content size or None, is skippable).
+def _frame_extent(frame: memoryview) -> tuple[int, int | None, bool, bool]:
+    """Walk a zstd frame's headers: (stored size, declared content size or None, is skippable,
+    carries a content checksum).
 
     Knowing where the frame really ends lets :meth:`SeekableZstdReader.decompress_into` refuse
     trailing bytes and frames cut short, which a streaming decompressor cannot tell apart from a
@@ -319,12 +367,12 @@ def _frame_extent(frame: memoryview) -> tuple[int, int | None, bool]:
         stored = SKIPPABLE_HEADER_SIZE + int.from_bytes(frame[4:8], "little")
         if stored > n:
             raise ValueError(f"skippable frame cut short: it needs {stored} bytes, it has {n}")
-        return stored, 0, True
+        return stored, 0, True, False
     header = parse_frame_header(frame)
     pos, content_size = header.size, header.content_size
     if _native_frame_size is not None:
         try:
-            return _native_frame_size(frame), content_size, False
+            return _native_frame_size(frame), content_size, False, header.checksummed
         except Exception as exc:  # noqa: BLE001 - its ZstdError class depends on the module found
             raise ValueError(f"zstd frame cut short or malformed ({exc})") from None
     # The hot loop (level 3 splits 4 MiB of floats into ~600 blocks): unpack_from, no slicing.
@@ -349,7 +397,7 @@ def _frame_extent(frame: memoryview) -> tuple[int, int | None, bool]:
         pos += 4
     if pos > n:
         raise ValueError(f"zstd frame cut short: its blocks need {pos} bytes, it has {n}")
-    return pos, content_size, False
+    return pos, content_size, False, header.checksummed
 
 
 _local = threading.local()
@@ -363,27 +411,52 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return dctx
 
 
-def decode_frame_into(compressed: Any, out: memoryview) -> None:
-    """Decode one zstd frame into ``out``, which must be exactly its content size.
+DISCARD_BYTES = 1 << 20
+"""Scratch for the decoded bytes of a frame that nobody wants (outside the range asked for): a
+frame is decoded through it piece by piece, so no buffer ever grows with a size read from the file."""
 
-    Raises ``ValueError`` (or ``zstandard.ZstdError``) on any mismatch; the caller adds context.
+
+def decode_frame_into(compressed: Any, out: memoryview, *, expected: int | None = None, skip: int = 0,
+                      require_checksum: bool = False) -> bool:
+    """Decode one zstd frame of ``expected`` content bytes (default ``len(out)``), putting content
+    bytes ``[skip, skip + len(out))`` into ``out`` and checking the rest without keeping it.
+
+    Everything is checked before a byte is written: the frame's stored extent (no trailing bytes,
+    not cut short), its header's content size (when present) against ``expected``, and its content
+    checksum flag when ``require_checksum``. Then the frame must decode to exactly ``expected``
+    bytes, verifying its checksum. Memory beyond ``out`` is bounded by :data:`DISCARD_BYTES`,
+    whatever the sizes claim. Returns whether the frame's content checksum was verified (skippable
+    frames hold no content: True). Raises ``ValueError`` (or ``zstandard.ZstdError``); the caller
+    adds context.
     """
     frame = memoryview(compressed)
-    stored, content_size, skippable = _frame_extent(frame)
+    expected = len(out) if expected is None else expected
+    if not 0 <= skip <= skip + len(out) <= expected:
+        raise ValueError(f"content bytes [{skip}, {skip + len(out)}) are outside the frame's {expected}")
+    stored, content_size, skippable, checksummed = _frame_extent(frame)
     if stored < len(frame):
         raise ValueError(f"the frame ends after {stored} bytes, followed by garbage up to {len(frame)}")
-    expected = len(out)
     if skippable:
         if expected:
             raise ValueError(f"a skippable frame cannot hold the {expected} bytes the table says")
-        return
+        return True
     if content_size is not None and content_size != expected:
         # Caught before decompressing: a lying header never gets to allocate or write.
         raise ValueError(f"frame header declares {content_size} bytes of content, the seek table {expected}")
+    if require_checksum and not checksummed:
+        raise ValueError("the frame carries no content checksum, but every frame of this file must")
     reader = _decompressor().stream_reader(frame, read_across_frames=False)
     done = 0
+    scratch: memoryview | None = None
+    stop = skip + len(out)
     while done < expected:
-        count = reader.readinto(out[done:])
+        if skip <= done < stop:
+            target = out[done - skip :]
+        else:
+            if scratch is None:
+                scratch = memoryview(bytearray(min(DISCARD_BYTES, expected)))
+            target = scratch[: min(len(scratch), (skip if done < skip else expected) - done)]
+        count = reader.readinto(target)
         if count == 0:
             raise ValueError(f"frame decompressed to {done} bytes, the seek table says {expected}")
         done += count
@@ -391,6 +464,7 @@ def decode_frame_into(compressed: Any, out: memoryview) -> None:
     # coming means the frame holds more than declared (a bomb or a lying table), not written anywhere.
     if reader.read(1):
         raise ValueError(f"frame decompresses to more than the {expected} bytes the seek table says")
+    return checksummed
 
 
 def _layout_frame_size(tail: bytes) -> int:
@@ -445,6 +519,10 @@ class SeekableZstdReader(FramedSource):
 
     checksummed: bool | None = None
     """Whether the frame read at open carries a content checksum (None: not known)."""
+    require_checksums: bool = False
+    """Whether a frame without a content checksum is corrupt (files written by lazymem.save)."""
+    positions: ProvenPositions
+    """Which frames' places in the stream are proven (see :mod:`lazymem.sources.positions`)."""
 
     format_name = "seekable zstd"
 
@@ -502,21 +580,31 @@ class SeekableZstdReader(FramedSource):
                     table, layout = self._lazy_table(tail, needed, layout_bytes)
                 if table is None:  # the whole table, with the layout frame before it: no third request
                     tail = self._cat(size - min(size, needed + layout_bytes), size)
+            trust: Trust = "none"
             if table is None:
                 table = parse_seek_table(tail, size)
                 layout = _layout(table, tail, needed)
+                if layout is not None and layout.block_sums is not None:
+                    rows = table.entries
+                    assert rows is not None
+                    trust = "rows" if _check_against_layout(rows, table.block_sums, layout) else "blocks"
+            elif layout is not None and layout.block_sums is not None:  # a lazy table checks each block read
+                trust = "rows" if layout.row_crcs is not None else "blocks"
         except (SeekTableError, TruncatedFileError) as exc:
             raise type(exc)(f"{path}: {exc}") from None
         self.table = table
+        self.positions = ProvenPositions(len(table), trust)
         self.chunk_bytes_hint = layout.chunk_bytes if layout is not None else None
         self.stream_size = table.decompressed_total
         self.checksummed = None  # _note_checksum sets it from the first frame read
+        # Files with a layout frame are lazymem.save's, which checksums every frame.
+        self.require_checksums = layout is not None
         self.header = self._read_header()
         end = self.header.data_offset + self.header.nbytes
-        if table.lazy and end != self.stream_size:  # lazymem.save's files end with the data
+        if end != self.stream_size:  # a .npy stream ends with its data; anything else is a lying table
             raise SeekTableError(
-                f"{path}: the layout frame's index sums to a {self.stream_size}-byte stream, but the .npy "
-                f"header ends the data at byte {end}: the index is wrong"
+                f"{path}: the seek table sums to a {self.stream_size}-byte stream, but the .npy header "
+                f"ends the data at byte {end}: the table is corrupt"
             )
         if self.checksummed is False:
             warnings.warn(
@@ -551,7 +639,7 @@ class SeekableZstdReader(FramedSource):
         sums = layout.block_sums
         _check_coverage(int(sums[0].sum()), table_start, n_frames)
         rows = SeekTableRows(self.fs, self.path, self.size, table_start + SKIPPABLE_HEADER_SIZE, n_frames,
-                             entry_size, sums)
+                             entry_size, sums, layout.row_crcs)
         words = entry_size // 4
         rows.add(0, np.frombuffer(head, dtype="<u4", offset=layout_bytes + SKIPPABLE_HEADER_SIZE).reshape(-1, words))
         return FrameTable.from_entries(rows.entries, sums=sums, loader=rows), layout
@@ -647,18 +735,22 @@ class SeekableZstdReader(FramedSource):
     def is_zero_frame(self, index: int, compressed: bytes | memoryview) -> bool:
         """Whether frame ``index`` is a frame of RLE zeros, decoding to exactly its declared size.
 
-        See :func:`lazymem.sources.zero_frames.is_zero_frame`: corrupt frames are never zero frames.
+        See :func:`lazymem.sources.zero_frames.is_zero_frame`: corrupt frames are never zero frames,
+        nor, in a file that promises checksums, frames without one.
         """
         size = self.table.decompressed_size(index)
-        return len(compressed) == self.table.compressed_size(index) and is_zero_frame(compressed, size)
+        if len(compressed) != self.table.compressed_size(index) or not is_zero_frame(compressed, size):
+            return False
+        return not self.require_checksums or bool(compressed[4] & _CHECKSUM_BIT)
 
     def decompress_into(self, index: int, compressed: bytes | memoryview, out: Any) -> None:
         """Decompress frame ``index`` straight into ``out``.
 
         Never writes more than the frame's declared size; verifies the content checksum if the
-        frame has one; refuses trailing bytes and short frames. Releases the GIL while decompressing.
-        A frame of RLE zeros (what :func:`lazymem.save` writes for all-zero chunks) is recognised
-        from its block headers and filled with zeros without decoding.
+        frame has one (every frame must, in a file whose first frame or layout frame says so);
+        refuses trailing bytes and short frames. Releases the GIL while decompressing. A frame of
+        RLE zeros (what :func:`lazymem.save` writes for all-zero chunks) is recognised from its
+        block headers and filled with zeros without decoding.
 
         Parameters
         ----------
@@ -680,6 +772,18 @@ class SeekableZstdReader(FramedSource):
         expected = self.table.decompressed_size(index)
         if len(view) != expected:
             raise ValueError(f"frame {index} holds {expected} bytes, the output buffer has {len(view)}")
+        self._decode(index, compressed, view, 0)
+
+    def decompress_part(self, index: int, compressed: bytes | memoryview, skip: int, out: memoryview) -> None:
+        """Like :meth:`decompress_into`, keeping content bytes ``[skip, skip + len(out))`` only: the
+        rest is decoded and checked in a small scratch, whatever size the frame claims."""
+        expected = self.table.decompressed_size(index)
+        if not 0 <= skip <= skip + len(out) <= expected:
+            raise ValueError(f"bytes [{skip}, {skip + len(out)}) are outside frame {index}'s {expected}")
+        self._decode(index, compressed, out, skip)
+
+    def _decode(self, index: int, compressed: bytes | memoryview, view: memoryview, skip: int) -> None:
+        expected = self.table.decompressed_size(index)
         stored = self.table.compressed_size(index)
         if len(compressed) != stored:
             raise self._corrupt(index, f"got {len(compressed)} stored bytes, the seek table says {stored}")
@@ -687,6 +791,87 @@ class SeekableZstdReader(FramedSource):
             np.frombuffer(view, dtype=np.uint8).fill(0)
             return
         try:
-            decode_frame_into(compressed, view)
+            verified = decode_frame_into(compressed, view, expected=expected, skip=skip,
+                                         require_checksum=self.require_checksums)
         except (ValueError, zstandard.ZstdError) as exc:
             raise self._corrupt(index, str(exc)) from exc
+        if not verified and self.checksummed and not self.__dict__.get("_warned_unverified"):
+            # A foreign file whose first frame had a checksum (so open did not warn) but this one has none.
+            self.__dict__["_warned_unverified"] = True
+            warnings.warn(
+                f"{self.path}: frame {index} carries no content checksum (its first frame did), so corruption "
+                "of its stored bytes cannot be detected; other frames may lack one too",
+                UnverifiableDataWarning,
+                stacklevel=2,
+            )
+
+    # -- proving where frames lie (see positions) -----------------------------------------------
+
+    def prove_before(self, index: int) -> None:
+        """Prove the sizes of the frames before frame ``index``, as far as the table's trust
+        needs (see :mod:`lazymem.sources.positions`), so that frame ``index`` is placed right.
+
+        Raises
+        ------
+        SeekTableError
+            An entry disagrees with its frame (the table is corrupt).
+        CorruptChunkError, FetchError, ...
+            As for :meth:`fetch` and :meth:`decompress_into`.
+        """
+        positions = self.positions
+        if positions.trust == "rows" or not positions.pending(index):
+            return
+        with positions.lock:  # one prover at a time; the others find the work done
+            for lo, hi in positions.pending(index):
+                for at in range(lo, hi, BLOCK):
+                    self.prove_frames(at, min(hi, at + BLOCK))
+                    positions.mark(at, min(hi, at + BLOCK))
+
+    def prove_needed(self, index: int) -> bool:
+        return self.positions.trust != "rows" and not self.positions.proven(index)
+
+    def note_proven(self, lo: int, hi: int) -> None:
+        with self.positions.lock:
+            self.positions.mark(lo, hi)
+
+    def prove_frames(self, lo: int, hi: int, have: dict[int, memoryview] | None = None,
+                     deferred: Sequence[int] = ()) -> list[int]:
+        """Check that frames ``[lo, hi)`` hold the sizes their entries say, from their headers'
+        content sizes (the stored bytes in ``have``, or a read of each header), or, for frames
+        whose headers carry none, by decoding them. Frames in ``deferred`` that need decoding are
+        not decoded here but returned: the caller decodes them anyway (and that checks them)."""
+        have = have or {}
+        table = self.table
+        frames = [i for i in range(lo, hi) if table.compressed_size(i) > 0]
+        unread = [i for i in frames if i not in have]
+        if unread:
+            offsets = table.compressed_offsets_of(unread)
+            heads = self._cat_ranges([(o, o + min(table.compressed_size(i), MAX_FRAME_HEADER))
+                                      for i, o in zip(unread, offsets)])
+            have = {**have, **{i: memoryview(h) for i, h in zip(unread, heads)}}
+        undeclared = []
+        for i in frames:
+            declared = self._declared_size(i, have[i])
+            expected = table.decompressed_size(i)
+            if declared is None:
+                undeclared.append(i)
+            elif declared != expected:
+                raise SeekTableError(
+                    f"{self.path}: seek table entry {i} says frame {i} holds {expected} bytes, but the frame's "
+                    f"header says {declared}: the table is corrupt (frames after it would land in the wrong place)"
+                )
+        later = [i for i in undeclared if i in set(deferred)]
+        now = [i for i in undeclared if i not in set(deferred)]
+        for i, blob in zip(now, self.fetch_views(now)):  # decoded in full, kept nowhere
+            self.decompress_part(i, blob, table.decompressed_size(i), memoryview(bytearray(0)))
+        return later
+
+    def _declared_size(self, index: int, head: memoryview) -> int | None:
+        """The content size frame ``index``'s header declares (0 for a skippable frame), or None."""
+        magic = int.from_bytes(head[:4], "little") if len(head) >= 4 else None
+        if magic is not None and magic & SKIPPABLE_MAGIC_MASK == SKIPPABLE_MAGIC_BASE:
+            return 0
+        try:
+            return parse_frame_header(head).content_size
+        except ValueError as exc:
+            raise self._corrupt(index, str(exc)) from None
