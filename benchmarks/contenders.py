@@ -173,7 +173,8 @@ def write_zstd_frames(path: str, array: np.ndarray, chunk_bytes: int = 4 * 2**20
     return os.path.getsize(path)
 
 
-def write_zeros_seekable(path: str, n_elements: int, dtype: str = "<f4", chunk_bytes: int = 4 * 2**20) -> int:
+def write_zeros_seekable(path: str, n_elements: int, dtype: str = "<f4", chunk_bytes: int = 4 * 2**20,
+                         layout_version: int = 3) -> int:
     """Write a huge all-zeros array in lazymem's native layout at almost no cost.
 
     Every data frame is the zero frame ``lazymem.save`` writes for an all-zero chunk (RLE blocks,
@@ -195,7 +196,10 @@ def write_zeros_seekable(path: str, n_elements: int, dtype: str = "<f4", chunk_b
         entries.append((len(tail), last))
     # One frame per chunk, as lazymem.save lays out an array this big (its seek table stays 2 MiB),
     # and the layout frame with its index of the table.
-    layout = layout_frame(chunk_bytes, np.array([c for c, _ in entries]), np.array([d for _, d in entries]))
+    # (Version 1 names the chunk size alone; versions 2 and 3 index the table, 3 with its rows' CRCs.)
+    layout = (layout_frame(chunk_bytes) if layout_version == 1 else
+              layout_frame(chunk_bytes, np.array([c for c, _ in entries]), np.array([d for _, d in entries]),
+                           version=layout_version))
     tail += layout
     entries.append((len(layout), 0))
     with open(path + ".tmp", "wb") as f:

@@ -323,6 +323,14 @@ class FrameTable:
         read yet are zeros)."""
         return self._entries
 
+    def rows_between(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Stored sizes, decompressed sizes and stored offsets of frames ``[lo, hi)`` (int64 each;
+        a lazy table loads the blocks they lie in)."""
+        if self._loader is not None and hi > lo:
+            self._loader.need(lo, hi)
+        offsets = self._compressed_prefix.between(lo, hi)[:-1]
+        return (self._compressed[lo:hi].astype(np.int64), self._decompressed[lo:hi].astype(np.int64), offsets)
+
     @property
     def block_sums(self) -> tuple[np.ndarray, np.ndarray]:
         """Per block of ``BLOCK`` frames: sums of stored and of decompressed sizes (int64)."""

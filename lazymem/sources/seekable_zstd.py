@@ -73,6 +73,12 @@ _CHECKSUM_BIT = 0x04
 """Content checksum flag in a zstd frame header's descriptor byte."""
 MAX_FRAME_HEADER = 18
 """Largest zstd frame header: magic, descriptor, window, dictionary id (4), content size (8)."""
+PROOF_BATCH = 16 * BLOCK
+"""Frames whose sizes are proven together (see positions): their headers' reads are coalesced."""
+HEADER_GAP = 1 << 20
+"""Stored bytes between two frame headers worth reading (and dropping) to save a request."""
+HEADER_RUN = 16 << 20
+"""Most stored bytes one request for frame headers spans."""
 
 _FOOTER = struct.Struct("<IBI")
 _SKIPPABLE_HEADER = struct.Struct("<II")
@@ -823,9 +829,9 @@ class SeekableZstdReader(FramedSource):
             return
         with positions.lock:  # one prover at a time; the others find the work done
             for lo, hi in positions.pending(index):
-                for at in range(lo, hi, BLOCK):
-                    self.prove_frames(at, min(hi, at + BLOCK))
-                    positions.mark(at, min(hi, at + BLOCK))
+                for at in range(lo, hi, PROOF_BATCH):
+                    self.prove_frames(at, min(hi, at + PROOF_BATCH))
+                    positions.mark(at, min(hi, at + PROOF_BATCH))
 
     def prove_needed(self, index: int) -> bool:
         return self.positions.trust != "rows" and not self.positions.proven(index)
@@ -837,22 +843,17 @@ class SeekableZstdReader(FramedSource):
     def prove_frames(self, lo: int, hi: int, have: dict[int, memoryview] | None = None,
                      deferred: Sequence[int] = ()) -> list[int]:
         """Check that frames ``[lo, hi)`` hold the sizes their entries say, from their headers'
-        content sizes (the stored bytes in ``have``, or a read of each header), or, for frames
+        content sizes (the stored bytes in ``have``, or reads of their headers), or, for frames
         whose headers carry none, by decoding them. Frames in ``deferred`` that need decoding are
         not decoded here but returned: the caller decodes them anyway (and that checks them)."""
         have = have or {}
-        table = self.table
-        frames = [i for i in range(lo, hi) if table.compressed_size(i) > 0]
-        unread = [i for i in frames if i not in have]
-        if unread:
-            offsets = table.compressed_offsets_of(unread)
-            heads = self._cat_ranges([(o, o + min(table.compressed_size(i), MAX_FRAME_HEADER))
-                                      for i, o in zip(unread, offsets)])
-            have = {**have, **{i: memoryview(h) for i, h in zip(unread, heads)}}
+        stored, stream, offsets = self.table.rows_between(lo, hi)
+        frames = [lo + k for k in np.flatnonzero(stored).tolist()]  # entries of no bytes hold nothing
+        heads = self._read_headers([i for i in frames if i not in have], stored, offsets, lo)
         undeclared = []
         for i in frames:
-            declared = self._declared_size(i, have[i])
-            expected = table.decompressed_size(i)
+            declared = self._declared_size(i, have[i] if i in have else heads[i])
+            expected = int(stream[i - lo])
             if declared is None:
                 undeclared.append(i)
             elif declared != expected:
@@ -860,11 +861,34 @@ class SeekableZstdReader(FramedSource):
                     f"{self.path}: seek table entry {i} says frame {i} holds {expected} bytes, but the frame's "
                     f"header says {declared}: the table is corrupt (frames after it would land in the wrong place)"
                 )
-        later = [i for i in undeclared if i in set(deferred)]
-        now = [i for i in undeclared if i not in set(deferred)]
+        deferred_set = set(deferred)
+        now = [i for i in undeclared if i not in deferred_set]
         for i, blob in zip(now, self.fetch_views(now)):  # decoded in full, kept nowhere
-            self.decompress_part(i, blob, table.decompressed_size(i), memoryview(bytearray(0)))
-        return later
+            self.decompress_part(i, blob, int(stream[i - lo]), memoryview(bytearray(0)))
+        return [i for i in undeclared if i in deferred_set]
+
+    def _read_headers(self, frames: list[int], stored: np.ndarray, offsets: np.ndarray,
+                      lo: int) -> dict[int, memoryview]:
+        """The first bytes of each frame (its header), in as few requests as sensible: headers
+        less than ``HEADER_GAP`` apart share a request (small frames are read whole), so a file
+        of 141-byte zero frames costs a few requests, not one per frame."""
+        runs: list[list[Any]] = []  # [start, end, members]
+        for i in frames:
+            start = int(offsets[i - lo])
+            end = start + min(int(stored[i - lo]), MAX_FRAME_HEADER)
+            if runs and start - runs[-1][1] <= HEADER_GAP and end - runs[-1][0] <= HEADER_RUN:
+                runs[-1][1] = end
+                runs[-1][2].append(i)
+            else:
+                runs.append([start, end, [i]])
+        blobs = self._cat_ranges([(start, end) for start, end, _ in runs]) if runs else []
+        heads: dict[int, memoryview] = {}
+        for (start, _, members), blob in zip(runs, blobs):
+            view = memoryview(blob)
+            for i in members:
+                at = int(offsets[i - lo]) - start
+                heads[i] = view[at : at + min(int(stored[i - lo]), MAX_FRAME_HEADER)]
+        return heads
 
     def _declared_size(self, index: int, head: memoryview) -> int | None:
         """The content size frame ``index``'s header declares (0 for a skippable frame), or None."""
