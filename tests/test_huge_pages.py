@@ -117,6 +117,26 @@ def test_evicted_huge_pages_load_again(pool, field8) -> None:
     assert np.array_equal(a, src)
 
 
+def test_evict_keeps_the_reservation_so_another_array_cannot_take_the_pool(pool, field8, tmp_path: Path) -> None:
+    # Punching huge pages out of a hugetlbfs file gives their reservation back: another array could
+    # then take the pool, and touching this one found no page to load into (it hung).
+    pool(12)
+    path, src = field8
+    other = str(tmp_path / "other.npy.zst")
+    lazymem.save(other, src[::-1], chunk_bytes=4 << 20)
+    a = lazymem.open(path, huge_pages=True)
+    assert np.array_equal(a, src)
+    assert a.evict() == 4
+    assert lazymem.stats(a).resident_bytes == 0
+    assert uffd.huge_pages()[1] == 4  # 12 - 8 still reserved for `a`
+    with pytest.raises(lazymem.HugePagesUnavailableError, match="needs 8 free huge pages"):
+        lazymem.open(other, huge_pages=True)
+    assert a.prefetch() == 4
+    assert np.array_equal(a, src)
+    a.evict(np.s_[: src.shape[0] // 2])
+    assert np.array_equal(a, src)  # chunk by chunk, with readahead and its held-back pages
+
+
 def test_the_environment_variable_turns_huge_pages_on_and_a_forked_child_reads_them(pool, field8) -> None:
     pool(8)
     path, src = field8
