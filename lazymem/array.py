@@ -20,7 +20,7 @@ from .kernel import userfaultfd as uffd
 from .kernel.userfaultfd import PAGE_SIZE, round_up
 from .monitor.client import get_client
 from .region import Region
-from .sources import open_source
+from .sources import absolute_url, open_source
 from .sources.remote import check_shareable
 
 DEFAULT_CHUNK_BYTES = 4 * 2**20
@@ -150,6 +150,8 @@ class LazyArray(np.ndarray):
     def _handle(self) -> _Handle:
         if self._lazy is None:
             raise ClosedArrayError("this array does not share memory with a lazily loaded array")
+        if self._lazy.closed:
+            raise ClosedArrayError(f"{self._lazy.url}: the array was closed (LazyArray.close); open it again")
         return self._lazy
 
     def prefetch(self, key: Any = Ellipsis) -> int:
@@ -177,11 +179,17 @@ class LazyArray(np.ndarray):
     def close(self) -> None:
         """Free the resident memory now; the mapping goes when the last view of it is gone.
 
-        Reading the array after ``close`` stays correct (chunks load again); monitor resources
-        are released once no view of the array remains.
+        Closing any view closes the array. After ``close``, ``prefetch``, ``evict`` and
+        :func:`lazymem.stats` raise :class:`ClosedArrayError`, and touching the data kills the
+        touching process with SIGBUS after the monitor says why on stderr: never a silent reload,
+        never zeros. Calling ``close`` again does nothing.
         """
-        if self._lazy is not None and not self._lazy.region.closed:
-            self._lazy.region.request("evict", chunks=None)
+        handle = self._lazy
+        if handle is None or handle.closed:
+            return
+        handle.closed = True
+        if not handle.region.closed:
+            handle.region.request("evict", chunks=None, seal=True)
 
     def __enter__(self) -> LazyArray:
         return self
@@ -198,6 +206,7 @@ class _Handle:
     base_address: int
     storage_options: dict[str, Any] | None
     open_options: dict[str, Any]
+    closed: bool = False  # LazyArray.close() was called
 
 
 def _rebuild(url: str, storage_options: dict[str, Any] | None, open_options: dict[str, Any],
@@ -360,6 +369,7 @@ def open(
         local ``.npy`` file is opened with ``np.load(mmap_mode="r")`` instead (a ``numpy.memmap``):
         the kernel's own mmap is the better tool there. Remote ``.npy`` files load lazily by range.
     """
+    url = absolute_url(url)  # pickled by URL: a worker in another directory must find it too
     reader = open_source(url, storage_options)
     check_shareable(reader.fs, url)  # memory:// lives in this process: the monitor cannot read it
     if max_in_flight is not None and (isinstance(max_in_flight, bool) or int(max_in_flight) < 1):
@@ -434,6 +444,6 @@ def stats(arr: np.ndarray) -> Stats:
     """Counters of the monitor for the lazily loaded array ``arr`` (or any view of it)."""
     if not isinstance(arr, LazyArray) or arr._lazy is None:
         raise TypeError("lazymem.stats needs an array returned by lazymem.open (or a view of one)")
-    raw = arr._lazy.region.request("stats")
+    raw = arr._handle().region.request("stats")
     names = {f.name for f in fields(Stats)}
     return Stats(**{k: v for k, v in raw.items() if k in names})

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
 import pickle
+import signal
 import threading
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from hypothesis.extra import numpy as hnp
 import lazymem
 from lazymem import LazyArray
 
-from .conftest import PAGE, assert_same_array, resident_pages
+from .conftest import PAGE, assert_same_array, resident_pages, run_python
 
 DTYPES = [
     np.dtype("f4"), np.dtype(">f8"), np.dtype("i1"), np.dtype("<u2"), np.dtype(">i8"), np.dtype("c16"),
@@ -207,9 +209,50 @@ def test_evict_frees_memory_and_reloads_correctly(field) -> None:
 def test_close_and_context_manager(field) -> None:
     path, src = field
     with lazymem.open(path) as a:
+        view = a[2:]
         assert np.array_equal(a[:5], src[:5])
-    assert lazymem.stats(a).resident_bytes == 0
-    assert np.array_equal(a[:5], src[:5])  # still correct after close: loads again
+        before = lazymem.stats(a)
+        assert before.resident_bytes > 0
+    # Closed: explicit calls say so, on the array and on its views; closing again is harmless.
+    for arr in (a, view):
+        with pytest.raises(lazymem.ClosedArrayError, match="closed"):
+            lazymem.stats(arr)
+        with pytest.raises(lazymem.ClosedArrayError):
+            arr.prefetch()
+        with pytest.raises(lazymem.ClosedArrayError):
+            arr.evict()
+        arr.close()
+    assert isinstance(lazymem.ClosedArrayError("x"), ValueError)
+    again = lazymem.open(path)  # the file is still there: a new array reads it
+    assert np.array_equal(again[:5], src[:5])
+
+
+def test_touching_a_closed_array_is_sigbus_with_a_message_never_a_reload(field) -> None:
+    path, src = field
+    result = run_python(
+        f"""
+        import faulthandler, lazymem
+        faulthandler.disable()
+        a = lazymem.open({path!r}, readahead=0)
+        print("before", float(a[0, 0]) == {float(src[0, 0])!r}, flush=True)
+        a.close()
+        print("NEVER", a[0, 0], flush=True)
+        """
+    )
+    assert result.returncode == -signal.SIGBUS, (result.returncode, result.stdout, result.stderr)
+    assert "before True" in result.stdout and "NEVER" not in result.stdout
+    assert "was closed" in result.stderr and path in result.stderr
+
+
+def test_a_relative_path_is_opened_as_absolute_and_pickles_for_a_worker_elsewhere(field, tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    path, src = field
+    monkeypatch.chdir(os.path.dirname(path))
+    a = lazymem.open(os.path.basename(path))
+    assert a.url == path
+    data = pickle.dumps(a[3:9])
+    monkeypatch.chdir(tmp_path.parent)  # a worker that changed directory
+    assert np.array_equal(pickle.loads(data), src[3:9])
 
 
 def test_empty_and_zero_dimensional(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import HugePagesUnavailableError, MonitorError
+from ..errors import ClosedArrayError, HugePagesUnavailableError, MonitorError
 from ..kernel import userfaultfd as uffd
 from ..kernel.limits import raise_open_file_limit
 from . import protocol
@@ -126,6 +126,7 @@ class ServedRegion:
     lock: threading.Lock = field(default_factory=threading.Lock)
     stats: RegionStats = field(default_factory=RegionStats)
     closed: bool = False
+    sealed: bool = False  # LazyArray.close(): nothing loads any more, a touch gets SIGBUS
     last_fault: int = -2
     ra_end: int = -2  # last chunk the current readahead window covers
     window: int = 0
@@ -294,6 +295,9 @@ class Monitor:
                 pass
             return
         chunk, within = divmod(address - region.start, region.chunk_size)
+        if region.sealed:
+            self._touched_after_close(region, chunk)
+            return
         with region.lock:
             region.stats.faults += 1
             state = region.state[chunk]
@@ -328,6 +332,15 @@ class Monitor:
                 job.fault_at = within
                 self._enqueue(job)
             self._read_ahead(region, chunk)
+
+    def _touched_after_close(self, region: ServedRegion, chunk: int) -> None:
+        """A closed array was touched: loading it again would hide the bug, zeros would be wrong
+        data. Poison the chunk (the thread gets SIGBUS) after saying why."""
+        offset, _, span = region.chunk_span(chunk)
+        print(f"lazymem monitor: {region.url} was closed (LazyArray.close) and then touched at array "
+              f"bytes {offset}..{offset + span}: the reading thread gets SIGBUS. Open the array again "
+              "to read it.", file=sys.stderr, flush=True)
+        self._poison(region, offset, span)
 
     def _spring(self, region: ServedRegion, trip: Trip) -> bool:
         """Install a held-back page and wake its readers (region.lock held); False if it failed."""
@@ -436,6 +449,8 @@ class Monitor:
         region, chunk = job.region, job.chunk
         if region.closed:
             raise MonitorError(f"{region.url}: array closed")
+        if region.sealed:  # queued before close: a reader still waiting for it gets SIGBUS
+            raise ClosedArrayError(f"{region.url}: the array was closed (LazyArray.close)")
         offset, data_bytes, span = region.chunk_span(chunk)
         if region.budget is not None:
             self._make_room(job, span)
@@ -868,9 +883,13 @@ class Monitor:
             raise errors[0]
         return len(waiting)
 
-    def _op_evict(self, *, client: int, region_id: int, chunks: list[int] | None) -> int:
-        """Drop present chunks by punching holes in the memfd; the next touch faults again."""
+    def _op_evict(self, *, client: int, region_id: int, chunks: list[int] | None, seal: bool = False) -> int:
+        """Drop present chunks by punching holes in the memfd; the next touch faults again.
+
+        ``seal`` (``LazyArray.close``): nothing loads into the region any more, a touch is poisoned."""
         region = self._region(client, region_id)
+        if seal:
+            region.sealed = True  # first: readahead or a prefetch in flight must not load it again
         self._settle(region)
         evicted = unreserved = 0
         with region.lock:

@@ -32,6 +32,7 @@ __all__ = [
     "NpyHeader",
     "RawNpyReader",
     "SeekableZstdReader",
+    "absolute_url",
     "npy_header_bytes",
     "open_source",
     "parse_npy_header",
@@ -50,6 +51,21 @@ def _describe_start(head: bytes) -> str:
                 "writer, e.g. pyzstd.SeekableZstdFile)"
             )
     return f"it is neither a seekable zstd file nor a .npy file (it starts with {head[:8]!r})"
+
+
+def absolute_url(url: str) -> str:
+    """``url`` with a relative local path made absolute (``x.npy.zst``, ``file://x.npy.zst``).
+
+    An array pickles by URL and is opened again in another process, whose working directory
+    may differ: the URL must not depend on this one's. Other URLs are returned as they are."""
+    from fsspec.implementations.local import make_path_posix
+
+    protocol, path = fsspec.core.split_protocol(url)
+    if protocol is None:
+        return str(make_path_posix(path))
+    if protocol in ("file", "local"):
+        return f"{protocol}://{make_path_posix(path)}"
+    return url
 
 
 def open_source(url: str, storage_options: dict[str, Any] | None = None) -> FramedSource:
