@@ -18,6 +18,7 @@ from .config import default_max_resident, parse_size
 from .errors import ClosedArrayError, HugePagesUnavailableError
 from .kernel import userfaultfd as uffd
 from .kernel.userfaultfd import PAGE_SIZE, round_up
+from .mapped import MappedArray, map_npy
 from .monitor.client import get_client
 from .region import Region
 from .sources import absolute_url, open_source
@@ -213,6 +214,8 @@ def _rebuild(url: str, storage_options: dict[str, Any] | None, open_options: dic
              dtype: np.dtype, shape: tuple[int, ...], strides: tuple[int, ...], offset: int) -> LazyArray:
     """Unpickle a LazyArray (or a view of one): open the URL lazily and take the same view."""
     whole = open(url, storage_options=storage_options, **open_options)
+    if not isinstance(whole, LazyArray):  # a plain local .npy pickles as a MappedArray, not here
+        raise TypeError(f"{url} is no longer a compressed array")
     if whole._lazy is None:  # an empty array
         return np.ndarray.__new__(LazyArray, shape, dtype)
     flat = whole.view(np.ndarray).reshape(-1, order="A").view(np.uint8)  # memory order, no copy
@@ -326,7 +329,7 @@ def open(
     max_resident: int | str | None = None,
     max_in_flight: int | None = None,
     huge_pages: bool | None = None,
-) -> LazyArray:
+) -> LazyArray | MappedArray:
     """Open a compressed array lazily.
 
     Parameters
@@ -364,10 +367,12 @@ def open(
 
     Returns
     -------
-    LazyArray
+    LazyArray or MappedArray
         A read-only ndarray; only the header and the seek table have been read. An uncompressed
-        local ``.npy`` file is opened with ``np.load(mmap_mode="r")`` instead (a ``numpy.memmap``):
-        the kernel's own mmap is the better tool there. Remote ``.npy`` files load lazily by range.
+        local ``.npy`` file is mapped by the kernel instead: a :class:`MappedArray`, the
+        ``numpy.memmap`` of ``np.load(mmap_mode="r")`` with the same ``prefetch``, ``evict``,
+        ``close`` and :func:`stats` (the kernel's own mmap is the better tool there). Remote
+        ``.npy`` files load lazily by range.
     """
     url = absolute_url(url)  # pickled by URL: a worker in another directory must find it too
     reader = open_source(url, storage_options)
@@ -378,7 +383,7 @@ def open(
     if reader.format_name == "npy" and _is_local(reader.fs) and header.nbytes:
         # An uncompressed local .npy: the kernel's own page cache and mmap beat anything we could
         # do (no fault round trips, readahead for free). Same read-only ndarray contract.
-        return np.load(reader.path, mmap_mode="r")  # type: ignore[no-any-return]
+        return map_npy(reader.path, url)  # type: ignore[return-value]
     if header.nbytes == 0:
         empty = np.ndarray.__new__(LazyArray, header.shape, header.dtype,
                                    order="F" if header.fortran_order else "C")
@@ -442,8 +447,21 @@ def _is_local(fs: Any) -> bool:
 
 def stats(arr: np.ndarray) -> Stats:
     """Counters of the monitor for the lazily loaded array ``arr`` (or any view of it)."""
+    if isinstance(arr, MappedArray) and arr._mapped is not None:
+        return _mapped_stats(arr)
     if not isinstance(arr, LazyArray) or arr._lazy is None:
         raise TypeError("lazymem.stats needs an array returned by lazymem.open (or a view of one)")
     raw = arr._handle().region.request("stats")
     names = {f.name for f in fields(Stats)}
     return Stats(**{k: v for k, v in raw.items() if k in names})
+
+
+def _mapped_stats(arr: MappedArray) -> Stats:
+    """A plain local .npy is the kernel's file mapping: its chunks are pages, loaded by the kernel
+    (no fetch, no decompression), and present when ``mincore`` says so."""
+    present, total = arr.resident_pages()
+    state = arr._state()
+    return Stats(faults=0, chunks_installed=0, chunks_present=present, chunks_total=total, chunk_bytes=PAGE_SIZE,
+                 bytes_fetched=0, bytes_decompressed=0, resident_bytes=present * PAGE_SIZE, readahead_chunks=0,
+                 zero_chunks=0, early_wakes=0, evictions=state.evictions, failures=0, fetch_seconds=0.0,
+                 install_seconds=0.0)

@@ -322,6 +322,43 @@ def test_uncompressed_npy_local_is_a_kernel_memmap_and_remote_style_lazy(tmp_pat
     assert np.array_equal(lazymem.load(str(tmp_path / "plain.npy")), src)
 
 
+def test_a_plain_local_npy_has_the_lazy_array_extras(tmp_path: Path) -> None:
+    src = np.random.default_rng(5).standard_normal((1000, 300))  # 2.4 MB, about 586 pages
+    np.save(tmp_path / "plain.npy", src)
+    a = lazymem.open(str(tmp_path / "plain.npy"))
+    assert isinstance(a, lazymem.MappedArray) and isinstance(a, np.memmap)
+    pages = lazymem.stats(a).chunks_total
+    assert lazymem.stats(a).chunk_bytes == PAGE and pages * PAGE >= src.nbytes
+    assert a.evict() > 0 and lazymem.stats(a).chunks_present == 0  # mincore: no page mapped in
+    assert a.prefetch(np.s_[500:]) > 0
+    present = lazymem.stats(a).chunks_present
+    assert 0 < present < pages
+    assert a.prefetch() > 0 and lazymem.stats(a).resident_bytes >= src.nbytes
+    view = a[10:20, ::3]
+    assert type(view) is lazymem.MappedArray and np.array_equal(view, src[10:20, ::3])
+    assert type(a + 1) is np.ndarray and type(a.sum()) is np.float64
+    back = pickle.loads(pickle.dumps(view))  # by reference, as a LazyArray
+    assert len(pickle.dumps(view)) < 1000 and type(back) is lazymem.MappedArray
+    assert np.array_equal(back, src[10:20, ::3]) and not back.flags.writeable
+    a.close()
+    for arr in (a, view):
+        with pytest.raises(lazymem.ClosedArrayError):
+            lazymem.stats(arr)
+        with pytest.raises(lazymem.ClosedArrayError):
+            arr.prefetch()
+    assert np.array_equal(back, src[10:20, ::3])  # another mapping, still open
+    result = run_python(
+        f"""
+        import faulthandler, lazymem
+        faulthandler.disable()
+        a = lazymem.open({str(tmp_path / "plain.npy")!r})
+        a.close()
+        print("NEVER", a[0, 0], flush=True)
+        """
+    )
+    assert result.returncode == -signal.SIGSEGV and "NEVER" not in result.stdout, result
+
+
 def test_a_demand_install_copies_the_readers_piece_first_and_everything_arrives() -> None:
     from lazymem.monitor.server import FIRST_PIECE, _pieces
 
