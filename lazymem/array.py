@@ -324,7 +324,7 @@ def open(
     url: str,
     *,
     storage_options: dict[str, Any] | None = None,
-    chunk_bytes: int | None = None,
+    chunk_bytes: int | str | None = None,
     readahead: int | None = None,
     max_resident: int | str | None = None,
     max_in_flight: int | None = None,
@@ -339,9 +339,10 @@ def open(
         :func:`lazymem.save`, pyzstd's ``SeekableZstdFile`` or ``zstd --seekable``-style tools).
     storage_options : dict, optional
         Passed to fsspec, in this process and in the monitor.
-    chunk_bytes : int, optional
-        Install unit, a multiple of the page size. Default: one frame for files written by
-        :func:`lazymem.save`, else about the frames' size (at least 4 MiB).
+    chunk_bytes : int or str, optional
+        Install unit, a multiple of the page size (bytes, or a size such as ``"4MiB"``).
+        Default: one frame for files written by :func:`lazymem.save`, else about the frames'
+        size (at least 4 MiB).
     readahead : int, optional
         Most chunks read ahead on sequential access (0 turns readahead off). Default: 8 for local
         files, 16 over a network.
@@ -374,6 +375,8 @@ def open(
         ``close`` and :func:`stats` (the kernel's own mmap is the better tool there). Remote
         ``.npy`` files load lazily by range.
     """
+    if isinstance(chunk_bytes, str):
+        chunk_bytes = parse_size(chunk_bytes)
     url = absolute_url(url)  # pickled by URL: a worker in another directory must find it too
     reader = open_source(url, storage_options)
     check_shareable(reader.fs, url)  # memory:// lives in this process: the monitor cannot read it

@@ -68,6 +68,16 @@ def absolute_url(url: str) -> str:
     return url
 
 
+def _full_path(fs: Any, path: str, url: str) -> str:
+    """``path`` with its protocol (``s3://bucket/key``, not ``bucket/key``) for object stores, so that
+    every message names the object as the user wrote it; their filesystems accept both forms."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    if isinstance(fs, LocalFileSystem) or "::" in url or "://" in path:
+        return path  # local, chained caches (their path is the cache's), HTTP (a URL already)
+    return str(fs.unstrip_protocol(path))
+
+
 def open_source(url: str, storage_options: dict[str, Any] | None = None) -> FramedSource:
     """Open the array at ``url`` for reading byte ranges of its ``.npy`` stream.
 
@@ -97,6 +107,7 @@ def open_source(url: str, storage_options: dict[str, Any] | None = None) -> Fram
         Empty object, unknown format, or a damaged file (subclasses say which part).
     """
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    path = _full_path(fs, path, url)
     with storage_errors(path):
         # HTTP and S3: one suffix-range GET gives the size and the tail (no HEAD first).
         size, tail = size_and_tail(fs, path, TAIL_READ)
