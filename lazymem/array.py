@@ -22,7 +22,7 @@ from .mapped import MappedArray, map_npy
 from .monitor.client import get_client
 from .region import Region
 from .sources import absolute_url, open_source
-from .sources.remote import check_shareable
+from .sources.remote import check_shareable, share_whole_file_cache
 
 DEFAULT_CHUNK_BYTES = 4 * 2**20
 MAX_CHUNK_BYTES = 64 * 2**20
@@ -380,6 +380,7 @@ def open(
     url = absolute_url(url)  # pickled by URL: a worker in another directory must find it too
     reader = open_source(url, storage_options)
     check_shareable(reader.fs, url)  # memory:// lives in this process: the monitor cannot read it
+    share_whole_file_cache(reader.fs)  # one simplecache download for this process and the monitor
     if max_in_flight is not None and (isinstance(max_in_flight, bool) or int(max_in_flight) < 1):
         raise ValueError(f"max_in_flight must be a positive int (got {max_in_flight!r})")
     header = reader.header
