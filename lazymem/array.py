@@ -7,6 +7,7 @@ copies) come back as plain ndarrays.
 
 from __future__ import annotations
 
+import errno
 import operator
 import os
 from dataclasses import dataclass, fields
@@ -191,6 +192,24 @@ class LazyArray(np.ndarray):
         handle.closed = True
         if not handle.region.closed:
             handle.region.request("evict", chunks=None, seal=True)
+
+    def tofile(self, fid: Any, sep: str = "", format: str = "%s") -> None:
+        """``ndarray.tofile``; in user-mode-only userfaultfd mode its failure names cause and remedy.
+
+        numpy writes with ``fwrite``: a system call that reads untouched pages, which in that mode
+        the kernel cannot load (EFAULT), and numpy then reports only "N requested and 0 written".
+        """
+        try:
+            super().tofile(fid, sep, format)
+        except OSError as exc:
+            handle = self._lazy
+            if handle is None or not handle.region.client.user_mode_only:
+                raise
+            raise OSError(errno.EFAULT, f"{exc}: a system call read pages of a lazy array that were not loaded "
+                          "yet, and this process's userfaultfd is user-mode only (no access to /dev/userfaultfd, "
+                          "no CAP_SYS_PTRACE), so the kernel cannot load them for a system call. Call "
+                          "a.prefetch() before a.tofile() (or f.write(a), sock.sendall(a)), or give this user "
+                          "read-write access to /dev/userfaultfd") from exc
 
     def __enter__(self) -> LazyArray:
         return self
