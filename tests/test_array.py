@@ -242,6 +242,21 @@ def test_touching_a_closed_array_is_sigbus_with_a_message_never_a_reload(field) 
     assert result.returncode == -signal.SIGBUS, (result.returncode, result.stdout, result.stderr)
     assert "before True" in result.stdout and "NEVER" not in result.stdout
     assert "was closed" in result.stderr and path in result.stderr
+    forked = run_python(  # a child forked after close inherits a closed array
+        f"""
+        import faulthandler, os, lazymem
+        faulthandler.disable()
+        a = lazymem.open({path!r}, readahead=0)
+        a.close()
+        pid = os.fork()
+        if pid == 0:
+            print("NEVER", a[5, 5], flush=True)
+            os._exit(0)
+        print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+        """
+    )
+    assert forked.returncode == 0, forked.stderr
+    assert f"child {-signal.SIGBUS}" in forked.stdout and "NEVER" not in forked.stdout, forked
 
 
 def test_a_relative_path_is_opened_as_absolute_and_pickles_for_a_worker_elsewhere(field, tmp_path: Path,

@@ -725,6 +725,7 @@ class Monitor:
             memfd = os.dup(original.memfd)
             spec = {**original.spec, "client": client, "group": original.group}
             self._add_region(memfd, spec)
+            self.regions[(client, region_id)].sealed = original.sealed  # closed before the fork
             if self.journal:
                 self.journal.record("region", spec, (memfd,))
 
