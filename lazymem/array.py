@@ -147,7 +147,9 @@ class LazyArray(np.ndarray):
     # --- lazymem extras ---------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        return self._handle().url
+        if self._lazy is None:
+            raise ClosedArrayError("this array does not share memory with a lazily loaded array")
+        return self._lazy.url  # still known after close
 
     def _handle(self) -> _Handle:
         if self._lazy is None:

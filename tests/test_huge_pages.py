@@ -136,6 +136,10 @@ def test_evict_keeps_the_reservation_so_another_array_cannot_take_the_pool(pool,
     assert np.array_equal(a, src)
     a.evict(np.s_[: src.shape[0] // 2])
     assert np.array_equal(a, src)  # chunk by chunk, with readahead and its held-back pages
+    a.close()  # closed for good: its pages and their reservation go back to the pool now
+    assert uffd.huge_pages()[1] == 12
+    b = lazymem.open(other, huge_pages=True)
+    assert np.array_equal(b, src[::-1])
 
 
 def test_a_punched_hugetlbfs_range_is_reserved_again_or_enomem(pool) -> None:

@@ -608,7 +608,7 @@ class Monitor:
         region.state[chunk] = ABSENT
         region.resident_set.evicted(chunk)
         region.stats.evictions += 1
-        if region.huge:
+        if region.huge and not region.sealed:  # a closed array loads nothing again: pages go back
             try:
                 uffd.reserve_huge_pages(region.memfd, offset, span)
             except OSError:
