@@ -26,6 +26,7 @@ from .errors import (
     UnverifiableDataWarning,
     UserfaultfdUnavailableError,
 )
+from .mapped import MappedArray
 from .writer import save
 
 __version__ = "0.1.0"
@@ -40,6 +41,7 @@ __all__ = [
     "HugePagesUnavailableError",
     "LazyArray",
     "LazymemError",
+    "MappedArray",
     "MonitorError",
     "SeekTableError",
     "Stats",

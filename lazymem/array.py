@@ -7,6 +7,7 @@ copies) come back as plain ndarrays.
 
 from __future__ import annotations
 
+import errno
 import operator
 import os
 from dataclasses import dataclass, fields
@@ -18,10 +19,11 @@ from .config import default_max_resident, parse_size
 from .errors import ClosedArrayError, HugePagesUnavailableError
 from .kernel import userfaultfd as uffd
 from .kernel.userfaultfd import PAGE_SIZE, round_up
+from .mapped import MappedArray, map_npy
 from .monitor.client import get_client
 from .region import Region
-from .sources import open_source
-from .sources.remote import check_shareable
+from .sources import absolute_url, open_source
+from .sources.remote import check_shareable, share_whole_file_cache
 
 DEFAULT_CHUNK_BYTES = 4 * 2**20
 MAX_CHUNK_BYTES = 64 * 2**20
@@ -145,11 +147,15 @@ class LazyArray(np.ndarray):
     # --- lazymem extras ---------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        return self._handle().url
+        if self._lazy is None:
+            raise ClosedArrayError("this array does not share memory with a lazily loaded array")
+        return self._lazy.url  # still known after close
 
     def _handle(self) -> _Handle:
         if self._lazy is None:
             raise ClosedArrayError("this array does not share memory with a lazily loaded array")
+        if self._lazy.closed:
+            raise ClosedArrayError(f"{self._lazy.url}: the array was closed (LazyArray.close); open it again")
         return self._lazy
 
     def prefetch(self, key: Any = Ellipsis) -> int:
@@ -177,11 +183,35 @@ class LazyArray(np.ndarray):
     def close(self) -> None:
         """Free the resident memory now; the mapping goes when the last view of it is gone.
 
-        Reading the array after ``close`` stays correct (chunks load again); monitor resources
-        are released once no view of the array remains.
+        Closing any view closes the array. After ``close``, ``prefetch``, ``evict`` and
+        :func:`lazymem.stats` raise :class:`ClosedArrayError`, and touching the data kills the
+        touching process with SIGBUS after the monitor says why on stderr: never a silent reload,
+        never zeros. Calling ``close`` again does nothing.
         """
-        if self._lazy is not None and not self._lazy.region.closed:
-            self._lazy.region.request("evict", chunks=None)
+        handle = self._lazy
+        if handle is None or handle.closed:
+            return
+        handle.closed = True
+        if not handle.region.closed:
+            handle.region.request("evict", chunks=None, seal=True)
+
+    def tofile(self, fid: Any, sep: str = "", format: str = "%s") -> None:
+        """``ndarray.tofile``; in user-mode-only userfaultfd mode its failure names cause and remedy.
+
+        numpy writes with ``fwrite``: a system call that reads untouched pages, which in that mode
+        the kernel cannot load (EFAULT), and numpy then reports only "N requested and 0 written".
+        """
+        try:
+            super().tofile(fid, sep, format)
+        except OSError as exc:
+            handle = self._lazy
+            if handle is None or not handle.region.client.user_mode_only:
+                raise
+            raise OSError(errno.EFAULT, f"{exc}: a system call read pages of a lazy array that were not loaded "
+                          "yet, and this process's userfaultfd is user-mode only (no access to /dev/userfaultfd, "
+                          "no CAP_SYS_PTRACE), so the kernel cannot load them for a system call. Call "
+                          "a.prefetch() before a.tofile() (or f.write(a), sock.sendall(a)), or give this user "
+                          "read-write access to /dev/userfaultfd") from exc
 
     def __enter__(self) -> LazyArray:
         return self
@@ -198,12 +228,15 @@ class _Handle:
     base_address: int
     storage_options: dict[str, Any] | None
     open_options: dict[str, Any]
+    closed: bool = False  # LazyArray.close() was called
 
 
 def _rebuild(url: str, storage_options: dict[str, Any] | None, open_options: dict[str, Any],
              dtype: np.dtype, shape: tuple[int, ...], strides: tuple[int, ...], offset: int) -> LazyArray:
     """Unpickle a LazyArray (or a view of one): open the URL lazily and take the same view."""
     whole = open(url, storage_options=storage_options, **open_options)
+    if not isinstance(whole, LazyArray):  # a plain local .npy pickles as a MappedArray, not here
+        raise TypeError(f"{url} is no longer a compressed array")
     if whole._lazy is None:  # an empty array
         return np.ndarray.__new__(LazyArray, shape, dtype)
     flat = whole.view(np.ndarray).reshape(-1, order="A").view(np.uint8)  # memory order, no copy
@@ -312,12 +345,12 @@ def open(
     url: str,
     *,
     storage_options: dict[str, Any] | None = None,
-    chunk_bytes: int | None = None,
+    chunk_bytes: int | str | None = None,
     readahead: int | None = None,
     max_resident: int | str | None = None,
     max_in_flight: int | None = None,
     huge_pages: bool | None = None,
-) -> LazyArray:
+) -> LazyArray | MappedArray:
     """Open a compressed array lazily.
 
     Parameters
@@ -327,9 +360,10 @@ def open(
         :func:`lazymem.save`, pyzstd's ``SeekableZstdFile`` or ``zstd --seekable``-style tools).
     storage_options : dict, optional
         Passed to fsspec, in this process and in the monitor.
-    chunk_bytes : int, optional
-        Install unit, a multiple of the page size. Default: one frame for files written by
-        :func:`lazymem.save`, else about the frames' size (at least 4 MiB).
+    chunk_bytes : int or str, optional
+        Install unit, a multiple of the page size (bytes, or a size such as ``"4MiB"``).
+        Default: one frame for files written by :func:`lazymem.save`, else about the frames'
+        size (at least 4 MiB).
     readahead : int, optional
         Most chunks read ahead on sequential access (0 turns readahead off). Default: 8 for local
         files, 16 over a network.
@@ -355,20 +389,26 @@ def open(
 
     Returns
     -------
-    LazyArray
+    LazyArray or MappedArray
         A read-only ndarray; only the header and the seek table have been read. An uncompressed
-        local ``.npy`` file is opened with ``np.load(mmap_mode="r")`` instead (a ``numpy.memmap``):
-        the kernel's own mmap is the better tool there. Remote ``.npy`` files load lazily by range.
+        local ``.npy`` file is mapped by the kernel instead: a :class:`MappedArray`, the
+        ``numpy.memmap`` of ``np.load(mmap_mode="r")`` with the same ``prefetch``, ``evict``,
+        ``close`` and :func:`stats` (the kernel's own mmap is the better tool there). Remote
+        ``.npy`` files load lazily by range.
     """
+    if isinstance(chunk_bytes, str):
+        chunk_bytes = parse_size(chunk_bytes)
+    url = absolute_url(url)  # pickled by URL: a worker in another directory must find it too
     reader = open_source(url, storage_options)
     check_shareable(reader.fs, url)  # memory:// lives in this process: the monitor cannot read it
+    share_whole_file_cache(reader.fs)  # one simplecache download for this process and the monitor
     if max_in_flight is not None and (isinstance(max_in_flight, bool) or int(max_in_flight) < 1):
         raise ValueError(f"max_in_flight must be a positive int (got {max_in_flight!r})")
     header = reader.header
     if reader.format_name == "npy" and _is_local(reader.fs) and header.nbytes:
         # An uncompressed local .npy: the kernel's own page cache and mmap beat anything we could
         # do (no fault round trips, readahead for free). Same read-only ndarray contract.
-        return np.load(reader.path, mmap_mode="r")  # type: ignore[no-any-return]
+        return map_npy(reader.path, url)  # type: ignore[return-value]
     if header.nbytes == 0:
         empty = np.ndarray.__new__(LazyArray, header.shape, header.dtype,
                                    order="F" if header.fortran_order else "C")
@@ -432,8 +472,21 @@ def _is_local(fs: Any) -> bool:
 
 def stats(arr: np.ndarray) -> Stats:
     """Counters of the monitor for the lazily loaded array ``arr`` (or any view of it)."""
+    if isinstance(arr, MappedArray) and arr._mapped is not None:
+        return _mapped_stats(arr)
     if not isinstance(arr, LazyArray) or arr._lazy is None:
         raise TypeError("lazymem.stats needs an array returned by lazymem.open (or a view of one)")
-    raw = arr._lazy.region.request("stats")
+    raw = arr._handle().region.request("stats")
     names = {f.name for f in fields(Stats)}
     return Stats(**{k: v for k, v in raw.items() if k in names})
+
+
+def _mapped_stats(arr: MappedArray) -> Stats:
+    """A plain local .npy is the kernel's file mapping: its chunks are pages, loaded by the kernel
+    (no fetch, no decompression), and present when ``mincore`` says so."""
+    present, total = arr.resident_pages()
+    state = arr._state()
+    return Stats(faults=0, chunks_installed=0, chunks_present=present, chunks_total=total, chunk_bytes=PAGE_SIZE,
+                 bytes_fetched=0, bytes_decompressed=0, resident_bytes=present * PAGE_SIZE, readahead_chunks=0,
+                 zero_chunks=0, early_wakes=0, evictions=state.evictions, failures=0, fetch_seconds=0.0,
+                 install_seconds=0.0)

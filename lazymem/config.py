@@ -61,5 +61,8 @@ def default_max_resident() -> int:
         return _default_max_resident
     env = os.environ.get(MAX_RESIDENT_ENV)
     if env:
-        return parse_size(env)
+        try:
+            return parse_size(env)
+        except ValueError as exc:
+            raise ValueError(f"${MAX_RESIDENT_ENV}={env!r}: {exc}") from None
     return int(available_memory() * DEFAULT_FRACTION_OF_AVAILABLE)

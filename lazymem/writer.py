@@ -29,6 +29,7 @@ import numpy as np
 import zstandard
 from fsspec.implementations.local import LocalFileSystem
 
+from lazymem.config import parse_size
 from lazymem.errors import UnsupportedDtypeError
 from lazymem.sources.frames import storage_errors
 from lazymem.sources.layout_frame import layout_frame
@@ -52,7 +53,9 @@ many entries (2 MiB): a 1 TiB array keeps one frame per 4 MiB chunk."""
 _U32_MAX = 0xFFFFFFFF
 
 
-def _check_size(name: str, value: int) -> int:
+def _check_size(name: str, value: int | str) -> int:
+    if isinstance(value, str):
+        value = parse_size(value)  # "4MiB", as max_resident takes
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     value = int(value)
@@ -67,7 +70,7 @@ def _check_size(name: str, value: int) -> int:
     return value
 
 
-def _frame_bytes(chunk_bytes: int, nbytes: int, requested: int | None) -> int:
+def _frame_bytes(chunk_bytes: int, nbytes: int, requested: int | str | None) -> int:
     """Decompressed bytes per frame: as requested, else chunks cut into equal frames of at most
     FRAME_TARGET, as long as the seek table stays within TABLE_FRAMES entries."""
     if requested is not None:
@@ -258,6 +261,7 @@ def _write_frames(
 def _local_target(path: str) -> Iterator[BinaryIO]:
     """Write to a temporary file beside ``path`` and rename it into place only on success."""
     directory, name = os.path.split(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)  # as the README's first example needs (data/temp.npy.zst)
     temp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.partial")
     # 0o666 through the umask, like a normally created file (mkstemp would give 0o600).
     try:
@@ -298,8 +302,8 @@ def save(
     url: str,
     array: Any,
     *,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-    frame_bytes: int | None = None,
+    chunk_bytes: int | str = DEFAULT_CHUNK_BYTES,
+    frame_bytes: int | str | None = None,
     level: int = 3,
     storage_options: dict[str, Any] | None = None,
     threads: int | None = None,
@@ -317,15 +321,16 @@ def save(
     array : array_like
         Anything ``np.asanyarray`` accepts. C-contiguous data is stored as is, F-contiguous data in
         Fortran order (as ``np.save`` does), anything else in C order, without a whole copy.
-    chunk_bytes : int
-        Decompressed bytes per chunk, the unit ``lazymem.open`` fetches and installs on a fault; a
-        positive multiple of the page size, below 4 GiB.
-    frame_bytes : int, optional
-        Decompressed bytes per zstd frame within a chunk (the last frame of a chunk may be
-        shorter), the unit decoded and checksummed: a reader that faults waits for its own frame
-        only. A multiple of the page size, at most ``chunk_bytes``. Default: chunks cut into equal
-        frames of at most 512 KiB, or fewer frames per chunk (down to one) where the seek table,
-        read by every ``open``, would otherwise pass 262,144 entries (2 MiB).
+    chunk_bytes : int or str
+        Decompressed bytes per chunk (``4194304`` or ``"4MiB"``), the unit ``lazymem.open``
+        fetches and installs on a fault; a positive multiple of the page size, below 4 GiB.
+    frame_bytes : int or str, optional
+        Decompressed bytes per zstd frame within a chunk (bytes or a size such as ``"512KiB"``;
+        the last frame of a chunk may be shorter), the unit decoded and checksummed: a reader
+        that faults waits for its own frame only. A multiple of the page size, at most
+        ``chunk_bytes``. Default: chunks cut into equal frames of at most 512 KiB, or fewer
+        frames per chunk (down to one) where the seek table, read by every ``open``, would
+        otherwise pass 262,144 entries (2 MiB).
     level : int
         zstd compression level.
     storage_options : dict, optional

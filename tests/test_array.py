@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
 import pickle
+import signal
 import threading
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from hypothesis.extra import numpy as hnp
 import lazymem
 from lazymem import LazyArray
 
-from .conftest import PAGE, assert_same_array, resident_pages
+from .conftest import PAGE, assert_same_array, resident_pages, run_python
 
 DTYPES = [
     np.dtype("f4"), np.dtype(">f8"), np.dtype("i1"), np.dtype("<u2"), np.dtype(">i8"), np.dtype("c16"),
@@ -207,9 +209,65 @@ def test_evict_frees_memory_and_reloads_correctly(field) -> None:
 def test_close_and_context_manager(field) -> None:
     path, src = field
     with lazymem.open(path) as a:
+        view = a[2:]
         assert np.array_equal(a[:5], src[:5])
-    assert lazymem.stats(a).resident_bytes == 0
-    assert np.array_equal(a[:5], src[:5])  # still correct after close: loads again
+        before = lazymem.stats(a)
+        assert before.resident_bytes > 0
+    # Closed: explicit calls say so, on the array and on its views; closing again is harmless.
+    for arr in (a, view):
+        with pytest.raises(lazymem.ClosedArrayError, match="closed"):
+            lazymem.stats(arr)
+        with pytest.raises(lazymem.ClosedArrayError):
+            arr.prefetch()
+        with pytest.raises(lazymem.ClosedArrayError):
+            arr.evict()
+        arr.close()
+    assert isinstance(lazymem.ClosedArrayError("x"), ValueError)
+    again = lazymem.open(path)  # the file is still there: a new array reads it
+    assert np.array_equal(again[:5], src[:5])
+
+
+def test_touching_a_closed_array_is_sigbus_with_a_message_never_a_reload(field) -> None:
+    path, src = field
+    result = run_python(
+        f"""
+        import faulthandler, lazymem
+        faulthandler.disable()
+        a = lazymem.open({path!r}, readahead=0)
+        print("before", float(a[0, 0]) == {float(src[0, 0])!r}, flush=True)
+        a.close()
+        print("NEVER", a[0, 0], flush=True)
+        """
+    )
+    assert result.returncode == -signal.SIGBUS, (result.returncode, result.stdout, result.stderr)
+    assert "before True" in result.stdout and "NEVER" not in result.stdout
+    assert "was closed" in result.stderr and path in result.stderr
+    forked = run_python(  # a child forked after close inherits a closed array
+        f"""
+        import faulthandler, os, lazymem
+        faulthandler.disable()
+        a = lazymem.open({path!r}, readahead=0)
+        a.close()
+        pid = os.fork()
+        if pid == 0:
+            print("NEVER", a[5, 5], flush=True)
+            os._exit(0)
+        print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+        """
+    )
+    assert forked.returncode == 0, forked.stderr
+    assert f"child {-signal.SIGBUS}" in forked.stdout and "NEVER" not in forked.stdout, forked
+
+
+def test_a_relative_path_is_opened_as_absolute_and_pickles_for_a_worker_elsewhere(field, tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    path, src = field
+    monkeypatch.chdir(os.path.dirname(path))
+    a = lazymem.open(os.path.basename(path))
+    assert a.url == path
+    data = pickle.dumps(a[3:9])
+    monkeypatch.chdir(tmp_path.parent)  # a worker that changed directory
+    assert np.array_equal(pickle.loads(data), src[3:9])
 
 
 def test_empty_and_zero_dimensional(tmp_path: Path) -> None:
@@ -277,6 +335,43 @@ def test_uncompressed_npy_local_is_a_kernel_memmap_and_remote_style_lazy(tmp_pat
     a = lazymem.open(str(tmp_path / "plain.npy"))
     assert isinstance(a, np.memmap) and not a.flags.writeable and np.array_equal(a, src)
     assert np.array_equal(lazymem.load(str(tmp_path / "plain.npy")), src)
+
+
+def test_a_plain_local_npy_has_the_lazy_array_extras(tmp_path: Path) -> None:
+    src = np.random.default_rng(5).standard_normal((1000, 300))  # 2.4 MB, about 586 pages
+    np.save(tmp_path / "plain.npy", src)
+    a = lazymem.open(str(tmp_path / "plain.npy"))
+    assert isinstance(a, lazymem.MappedArray) and isinstance(a, np.memmap)
+    pages = lazymem.stats(a).chunks_total
+    assert lazymem.stats(a).chunk_bytes == PAGE and pages * PAGE >= src.nbytes
+    assert a.evict() > 0 and lazymem.stats(a).chunks_present == 0  # mincore: no page mapped in
+    assert a.prefetch(np.s_[500:]) > 0
+    present = lazymem.stats(a).chunks_present
+    assert 0 < present < pages
+    assert a.prefetch() > 0 and lazymem.stats(a).resident_bytes >= src.nbytes
+    view = a[10:20, ::3]
+    assert type(view) is lazymem.MappedArray and np.array_equal(view, src[10:20, ::3])
+    assert type(a + 1) is np.ndarray and type(a.sum()) is np.float64
+    back = pickle.loads(pickle.dumps(view))  # by reference, as a LazyArray
+    assert len(pickle.dumps(view)) < 1000 and type(back) is lazymem.MappedArray
+    assert np.array_equal(back, src[10:20, ::3]) and not back.flags.writeable
+    a.close()
+    for arr in (a, view):
+        with pytest.raises(lazymem.ClosedArrayError):
+            lazymem.stats(arr)
+        with pytest.raises(lazymem.ClosedArrayError):
+            arr.prefetch()
+    assert np.array_equal(back, src[10:20, ::3])  # another mapping, still open
+    result = run_python(
+        f"""
+        import faulthandler, lazymem
+        faulthandler.disable()
+        a = lazymem.open({str(tmp_path / "plain.npy")!r})
+        a.close()
+        print("NEVER", a[0, 0], flush=True)
+        """
+    )
+    assert result.returncode == -signal.SIGSEGV and "NEVER" not in result.stdout, result
 
 
 def test_a_demand_install_copies_the_readers_piece_first_and_everything_arrives() -> None:

@@ -140,6 +140,12 @@ def test_default_budget_precedence(big, monkeypatch: pytest.MonkeyPatch) -> None
     assert 0 < config.default_max_resident() <= config.available_memory()
 
 
+def test_a_bad_environment_variable_is_named(big, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAZYMEM_MAX_RESIDENT", "lots")
+    with pytest.raises(ValueError, match=r"^\$LAZYMEM_MAX_RESIDENT='lots': cannot read 'lots' as a size"):
+        lazymem.open(big[0])
+
+
 def test_huge_array_open_costs_only_what_is_touched(tmp_path: Path) -> None:
     path = str(tmp_path / "zeros16.npy.zst")
     lazymem.save(path, np.broadcast_to(np.float64(0), (2**31,)), chunk_bytes=64 * MiB)  # 16 GiB

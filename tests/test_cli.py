@@ -13,8 +13,8 @@ import lazymem
 from .conftest import ROOT
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lazymem.cli", *args], capture_output=True, text=True,
+def _cli(*args: str, module: str = "lazymem.cli") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                           cwd=ROOT, check=False)
 
 
@@ -41,3 +41,66 @@ def test_verify_reports_corruption(tmp_path: Path) -> None:
     assert result.returncode == 1 and "lazymem:" in result.stderr
     missing = _cli("info", str(tmp_path / "missing.npy.zst"))
     assert missing.returncode == 1 and "lazymem:" in missing.stderr
+
+
+def test_help_version_and_python_dash_m(tmp_path: Path) -> None:
+    for args in (["--help"], ["info", "--help"], ["convert", "--help"], ["verify", "--help"]):
+        result = _cli(*args, module="lazymem")
+        assert result.returncode == 0 and "usage: lazymem" in result.stdout, result.stderr
+        assert "``" not in result.stdout  # no reStructuredText in a terminal
+    convert = _cli("convert", "--help").stdout
+    for option in ("--chunk-bytes", "--frame-bytes", "--level", "--storage-option"):
+        assert option in convert
+    assert "(default: 4MiB)" in convert and "(default: 3)" in convert
+    version = _cli("--version", module="lazymem")
+    assert version.returncode == 0 and version.stdout.strip() == f"lazymem {lazymem.__version__}"
+
+
+def test_sizes_frames_storage_options_and_missing_directories(tmp_path: Path) -> None:
+    src = np.arange(200_000, dtype="<f8")
+    np.save(tmp_path / "a.npy", src)
+    out = tmp_path / "new" / "dir" / "a.npy.zst"  # parents do not exist yet
+    result = _cli("convert", str(tmp_path / "a.npy"), str(out), "--chunk-bytes", "64KiB", "--frame-bytes", "16KiB",
+                  "-o", "auto_mkdir=true", "--storage-option", "use_listings_cache=false")
+    assert result.returncode == 0, result.stderr
+    assert np.array_equal(lazymem.load(str(out)), src)
+    from lazymem.sources import open_source
+
+    reader = open_source(str(out))
+    assert reader.chunk_bytes_hint == 65536 and int(np.max(reader.table.decompressed_sizes)) == 16384
+
+
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", np.arange(1000))
+    for args in (["convert", str(tmp_path / "a.npy"), str(tmp_path / "b.npy.zst"), "--chunk-bytes", "1000"],
+                 ["convert", str(tmp_path / "a.npy"), str(tmp_path / "b.npy.zst"), "--chunk-bytes", "4 parsecs"],
+                 ["info", str(tmp_path / "a.npy"), "-o", "novalue"]):
+        result = _cli(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 2, result.stderr
+        assert "lazymem" in result.stderr
+
+
+def test_verify_without_checksums_says_so_and_fails_unless_sizes_only(tmp_path: Path) -> None:
+    np.save(tmp_path / "plain.npy", np.arange(100_000))
+    result = _cli("verify", str(tmp_path / "plain.npy"))
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "cannot verify" in result.stderr and "--sizes-only" in result.stderr
+    sizes = _cli("verify", "--sizes-only", str(tmp_path / "plain.npy"))
+    assert sizes.returncode == 0 and "sizes only" in sizes.stdout, sizes.stderr
+
+
+def test_info_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    import os
+
+    out = str(tmp_path / "a.npy.zst")
+    lazymem.save(out, np.arange(100_000), chunk_bytes=65536)
+    # `lazymem info x | head -1` where head has gone already: its end of the pipe is closed.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "lazymem", "info", out], stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, cwd=ROOT, check=False)
+    finally:
+        os.close(write_end)
+    assert result.stderr == "" and result.returncode == 141, result.stderr

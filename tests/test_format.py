@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+import lazymem
 from lazymem import eager
 from lazymem.eager import load
 from lazymem.errors import TruncatedFileError
@@ -636,3 +637,16 @@ def test_frames_decoded_together_all_finish_before_an_error_is_raised() -> None:
     with pytest.raises(ValueError, match="corrupt"):
         _run_together([failing, slow])
     assert done == [True]
+
+
+def test_save_creates_missing_directories_and_takes_sizes_as_strings(tmp_path: Path, monkeypatch) -> None:
+    src = np.arange(100_000, dtype="<i8")
+    monkeypatch.chdir(tmp_path)
+    lazymem.save("data/temp.npy.zst", src, chunk_bytes="64KiB", frame_bytes="16 KiB")  # the README's first line
+    reader = open_source(str(tmp_path / "data" / "temp.npy.zst"))
+    assert reader.chunk_bytes_hint == 64 * 1024 and int(np.max(reader.table.decompressed_sizes)) == 16 * 1024
+    assert np.array_equal(lazymem.load("data/temp.npy.zst"), src)
+    a = lazymem.open("data/temp.npy.zst", chunk_bytes="128KiB")
+    assert lazymem.stats(a).chunk_bytes == 128 * 1024 and np.array_equal(a, src)
+    with pytest.raises(ValueError, match="cannot read"):
+        lazymem.save("data/x.npy.zst", src, chunk_bytes="a lot")

@@ -6,6 +6,7 @@ The pool is the kernel's (``/proc/sys/vm/nr_hugepages``); these tests reserve wh
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import signal
@@ -115,6 +116,62 @@ def test_evicted_huge_pages_load_again(pool, field8) -> None:
     assert lazymem.stats(a).resident_bytes == 0
     assert np.array_equal(a[100:3000], src[100:3000])
     assert np.array_equal(a, src)
+
+
+def test_evict_keeps_the_reservation_so_another_array_cannot_take_the_pool(pool, field8, tmp_path: Path) -> None:
+    # Punching huge pages out of a hugetlbfs file gives their reservation back: another array could
+    # then take the pool, and touching this one found no page to load into (it hung).
+    pool(12)
+    path, src = field8
+    other = str(tmp_path / "other.npy.zst")
+    lazymem.save(other, src[::-1], chunk_bytes=4 << 20)
+    a = lazymem.open(path, huge_pages=True)
+    assert np.array_equal(a, src)
+    assert a.evict() == 4
+    assert lazymem.stats(a).resident_bytes == 0
+    assert uffd.huge_pages()[1] == 4  # 12 - 8 still reserved for `a`
+    with pytest.raises(lazymem.HugePagesUnavailableError, match="needs 8 free huge pages"):
+        lazymem.open(other, huge_pages=True)
+    assert a.prefetch() == 4
+    assert np.array_equal(a, src)
+    a.evict(np.s_[: src.shape[0] // 2])
+    assert np.array_equal(a, src)  # chunk by chunk, with readahead and its held-back pages
+    a.close()  # closed for good: its pages and their reservation go back to the pool now
+    assert uffd.huge_pages()[1] == 12
+    b = lazymem.open(other, huge_pages=True)
+    assert np.array_equal(b, src[::-1])
+
+
+def test_a_punched_hugetlbfs_range_is_reserved_again_or_enomem(pool) -> None:
+    # The kernel facts evict relies on: a punch gives back the reservation of the pages it frees,
+    # a shared mapping of the range (even one unmapped at once) takes it again, or fails with ENOMEM.
+    import errno
+
+    pool(6)
+    fd = os.memfd_create("resv", os.MFD_HUGETLB)
+    other = os.memfd_create("other", os.MFD_HUGETLB)
+    try:
+        os.ftruncate(fd, 4 * HUGE)
+        address = uffd.map_shared(fd, 4 * HUGE, prot=uffd.PROT_READ | uffd.PROT_WRITE, reserve=True)
+        ctypes.memset(address, 7, 4 * HUGE)  # all four pages allocated
+        assert uffd.huge_pages()[1] == 2
+        uffd.punch_hole(fd, 0, 2 * HUGE)
+        assert uffd.huge_pages()[1] == 4  # two pages back in the pool, unreserved
+        uffd.reserve_huge_pages(fd, 0, 2 * HUGE)
+        assert uffd.huge_pages()[1] == 2  # reserved for this file again
+        uffd.punch_hole(fd, 0, 2 * HUGE)  # holes only: nothing freed, the reservation stays
+        assert uffd.huge_pages()[1] == 2
+        uffd.punch_hole(fd, 2 * HUGE, 2 * HUGE)
+        os.ftruncate(other, 4 * HUGE)
+        taken = uffd.map_shared(other, 4 * HUGE, reserve=True)  # another user takes the free pages
+        with pytest.raises(OSError) as failure:
+            uffd.reserve_huge_pages(fd, 2 * HUGE, 2 * HUGE)
+        assert failure.value.errno == errno.ENOMEM
+        uffd.unmap(taken, 4 * HUGE)
+        uffd.unmap(address, 4 * HUGE)
+    finally:
+        os.close(fd)
+        os.close(other)
 
 
 def test_the_environment_variable_turns_huge_pages_on_and_a_forked_child_reads_them(pool, field8) -> None:

@@ -206,7 +206,7 @@ def test_spawn_and_forkserver_receive_lazy_views(field) -> None:
             assert pool.map(_spawned_sum, views) == want, method
 
 
-def test_close_and_evict_while_other_threads_fault(field) -> None:
+def test_evict_while_other_threads_fault(field) -> None:
     import threading
 
     path, src = field
@@ -226,7 +226,7 @@ def test_close_and_evict_while_other_threads_fault(field) -> None:
         t.start()
     for i in range(30):  # memory pulled away under the readers, again and again
         if i % 2:
-            a.close()
+            a.evict()
         else:
             a.evict(np.s_[: src.shape[0] // 2])
         a.prefetch(np.s_[i * 80: i * 80 + 10])

@@ -88,6 +88,30 @@ def test_user_mode_only_gives_right_bytes_or_oserror_never_wrong_bytes() -> None
     assert outcomes["hashlib"] == "ok"  # hashing reads in user mode: always served
 
 
+def test_user_mode_only_tofile_names_the_cause_and_prefetch_is_the_remedy() -> None:
+    result = run_python(
+        """
+        import errno, os, tempfile
+        import numpy as np, lazymem
+        d = tempfile.mkdtemp(); src = np.random.default_rng(1).standard_normal(3 * 2**18)
+        lazymem.save(d + "/x.npy.zst", src, chunk_bytes=2**20)
+        a = lazymem.open(d + "/x.npy.zst", readahead=0)
+        try:
+            a.tofile(d + "/out")  # numpy's fwrite reads untouched pages: EFAULT in user mode
+        except OSError as exc:
+            print("errno", exc.errno == errno.EFAULT, "prefetch" in str(exc), "user-mode only" in str(exc))
+        else:
+            print("written")
+        a.prefetch()
+        a.tofile(d + "/out")
+        print("after prefetch", open(d + "/out", "rb").read() == src.tobytes())
+        """,
+        env={"LAZYMEM_USERFAULTFD": "user"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "errno True True True" in result.stdout and "after prefetch True" in result.stdout, result.stdout
+
+
 def _drop_privileges_prefix() -> list[str]:
     """unshare -m + bind /dev/null over /dev/userfaultfd + drop CAP_SYS_PTRACE (DESIGN.md)."""
     if not shutil.which("unshare") or not shutil.which("setpriv"):

@@ -191,6 +191,23 @@ def test_chained_caches_work_for_open_and_load(http_store) -> None:
         assert_same_array(lazymem.load(chained), src)
 
 
+def test_simplecache_downloads_the_object_once_for_the_app_and_the_monitor(http_store) -> None:
+    src = _walk(8 * PER_CHUNK, seed=5)
+    url = http_store.put("once.npy.zst", src, chunk_bytes=CHUNK)
+    http_store.server.control(reset=1)
+
+    def downloads() -> int:  # GETs of the whole object (fsspec's download may abort one and retry)
+        return len([r for r in _gets(http_store.server.control()) if r[2] is None])
+
+    a = lazymem.open(f"simplecache::{url}", readahead=0)  # the app downloads it to read the header
+    by_open = downloads()
+    assert by_open > 0
+    assert_same_array(a, src)  # the monitor reads the same cached file: no download of its own
+    assert lazymem.stats(a).chunks_installed == 8
+    assert downloads() == by_open, http_store.server.control()["requests"]
+    assert len(_gets(http_store.server.control())) == by_open  # and no range request either
+
+
 def test_memory_urls_load_and_save_but_cannot_be_opened_lazily() -> None:
     src = _walk(2 * PER_CHUNK)
     lazymem.save("memory://lazymem-test/m.npy.zst", src, chunk_bytes=CHUNK)

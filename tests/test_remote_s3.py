@@ -76,21 +76,22 @@ def test_access_denied_is_not_retried_and_reaches_prefetch(s3_store) -> None:
     lazymem.save("s3://test/denied.npy.zst", _data(4), chunk_bytes=CHUNK, storage_options=options)
     a = lazymem.open("s3://test/denied.npy.zst", storage_options=options, readahead=0)
     s3_store.control(fail_status=403, reset=1)
-    with pytest.raises(lazymem.FetchError, match="PermissionError"):
+    with pytest.raises(lazymem.FetchError, match=r"PermissionError") as failure:
         a.prefetch(np.s_[:5])
+    assert "s3://test/denied.npy.zst" in str(failure.value)  # named as the user wrote it
     assert len(_gets(s3_store.control())) == 1
 
 
 def test_missing_objects_and_buckets(s3_store) -> None:
     options = s3_store.storage_options
-    with pytest.raises(lazymem.ArrayNotFoundError):
+    with pytest.raises(lazymem.ArrayNotFoundError, match=r"^s3://test/nothing\.npy\.zst: "):
         lazymem.open("s3://test/nothing.npy.zst", storage_options=options)
-    with pytest.raises(lazymem.ArrayNotFoundError):
+    with pytest.raises(lazymem.ArrayNotFoundError, match=r"^s3://no-such-bucket/x\.npy\.zst: "):
         lazymem.load("s3://no-such-bucket/x.npy.zst", storage_options=options)
     import s3fs
 
     s3fs.S3FileSystem(skip_instance_cache=True, **options).pipe("test/empty.npy.zst", b"")
-    with pytest.raises(lazymem.FormatError, match="empty"):
+    with pytest.raises(lazymem.FormatError, match=r"^s3://test/empty\.npy\.zst: .*empty"):
         lazymem.open("s3://test/empty.npy.zst", storage_options=options)
 
 

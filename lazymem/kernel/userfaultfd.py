@@ -403,6 +403,20 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
     _check(_libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length))
 
 
+def reserve_huge_pages(fd: int, offset: int, length: int) -> None:
+    """Reserve again from the huge page pool ``[offset, offset+length)`` of a hugetlbfs memfd.
+
+    Punching a hole in a hugetlbfs file gives the reservation of the pages it frees back to the
+    pool (ranges never filled keep theirs). A shared mapping reserves its file range in the inode,
+    where the reservation outlives the mapping: map it without ``MAP_NORESERVE`` and unmap it.
+    ``OSError(ENOMEM)`` if the pool has fewer free unreserved pages than the range lacks."""
+    addr = _libc.mmap(None, length, PROT_READ, MAP_SHARED, fd, offset)
+    if addr is None or addr == MAP_FAILED:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    _libc.munmap(ctypes.c_void_p(addr), length)
+
+
 def huge_pages() -> tuple[int, int]:
     """The default huge page size and how many of them the pool has free and not reserved."""
     fields = meminfo()

@@ -17,6 +17,7 @@ The monitor knows no format: a region holds a reader with ``read_into(offset, bu
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import pickle
 import queue
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MonitorError
+from ..errors import ClosedArrayError, HugePagesUnavailableError, MonitorError
 from ..kernel import userfaultfd as uffd
 from ..kernel.limits import raise_open_file_limit
 from . import protocol
@@ -125,6 +126,7 @@ class ServedRegion:
     lock: threading.Lock = field(default_factory=threading.Lock)
     stats: RegionStats = field(default_factory=RegionStats)
     closed: bool = False
+    sealed: bool = False  # LazyArray.close(): nothing loads any more, a touch gets SIGBUS
     last_fault: int = -2
     ra_end: int = -2  # last chunk the current readahead window covers
     window: int = 0
@@ -293,6 +295,9 @@ class Monitor:
                 pass
             return
         chunk, within = divmod(address - region.start, region.chunk_size)
+        if region.sealed:
+            self._touched_after_close(region, chunk)
+            return
         with region.lock:
             region.stats.faults += 1
             state = region.state[chunk]
@@ -328,8 +333,17 @@ class Monitor:
                 self._enqueue(job)
             self._read_ahead(region, chunk)
 
-    def _spring(self, region: ServedRegion, trip: Trip) -> None:
-        """Install a held-back page and wake its readers (region.lock held)."""
+    def _touched_after_close(self, region: ServedRegion, chunk: int) -> None:
+        """A closed array was touched: loading it again would hide the bug, zeros would be wrong
+        data. Poison the chunk (the thread gets SIGBUS) after saying why."""
+        offset, _, span = region.chunk_span(chunk)
+        print(f"lazymem monitor: {region.url} was closed (LazyArray.close) and then touched at array "
+              f"bytes {offset}..{offset + span}: the reading thread gets SIGBUS. Open the array again "
+              "to read it.", file=sys.stderr, flush=True)
+        self._poison(region, offset, span)
+
+    def _spring(self, region: ServedRegion, trip: Trip) -> bool:
+        """Install a held-back page and wake its readers (region.lock held); False if it failed."""
         if region.trip is trip:
             region.trip = None
         target = region.start + trip.chunk * region.chunk_size
@@ -340,9 +354,15 @@ class Monitor:
                 uffd.copy(region.client.uffd, target, ctypes.addressof(trip.data), region.page_size,
                           page=region.page_size)
         except OSError:
-            # The app unmapped the region (closing): nothing to install. A reader would retry the
-            # access, find the chunk present but not this page, and load the chunk again.
+            # The app unmapped the region (closing), or the huge page pool is empty. The chunk is
+            # no longer whole: a reader's next fault must load it again (and fail loudly if it
+            # cannot), not find it "present" and be woken into the same fault for ever (hugetlbfs
+            # cannot tell a missing page from a present one).
+            region.state[trip.chunk] = ABSENT
+            region.resident_set.evicted(trip.chunk)
             self._safe_wake(region, trip.chunk * region.chunk_size, region.page_size)
+            return False
+        return True
 
     def _read_ahead(self, region: ServedRegion, chunk: int, *, sequential: bool = False) -> None:
         """Grow the window on sequential faults, drop it on random ones (region.lock held).
@@ -429,6 +449,8 @@ class Monitor:
         region, chunk = job.region, job.chunk
         if region.closed:
             raise MonitorError(f"{region.url}: array closed")
+        if region.sealed:  # queued before close: a reader still waiting for it gets SIGBUS
+            raise ClosedArrayError(f"{region.url}: the array was closed (LazyArray.close)")
         offset, data_bytes, span = region.chunk_span(chunk)
         if region.budget is not None:
             self._make_room(job, span)
@@ -509,6 +531,13 @@ class Monitor:
                 for lo, hi in rest:
                     copy_in(lo, hi, job.fault_at)
                 t2 = time.perf_counter()
+            except OSError as exc:
+                if region.huge and exc.errno == errno.ENOMEM:
+                    raise HugePagesUnavailableError(
+                        f"{region.url}: no free huge page to load chunk {chunk} into: the pool was taken "
+                        "after an evict gave this array's pages back; reserve more (sysctl vm.nr_hugepages)"
+                    ) from exc
+                raise
             finally:
                 self.buffers.put(buf)
         stats = region.stats
@@ -566,8 +595,12 @@ class Monitor:
             region.resident_set.in_flight += span
             job.reserved = span
 
-    def _evict_chunk(self, region: ServedRegion, chunk: int) -> None:
-        """Punch the chunk out of the memfd: every mapping of it faults there again (region.lock held)."""
+    def _evict_chunk(self, region: ServedRegion, chunk: int) -> bool:
+        """Punch the chunk out of the memfd: every mapping of it faults there again (region.lock held).
+
+        On hugetlbfs the punch also gives the freed pages' reservation back to the pool, where
+        another array could take it and leave this chunk nothing to load into: reserve it again
+        at once. False if the pool was taken meanwhile (the chunk then loads only if pages are free)."""
         offset, _, span = region.chunk_span(chunk)
         uffd.punch_hole(region.memfd, offset, span)
         if region.trip is not None and region.trip.chunk == chunk:
@@ -575,6 +608,12 @@ class Monitor:
         region.state[chunk] = ABSENT
         region.resident_set.evicted(chunk)
         region.stats.evictions += 1
+        if region.huge and not region.sealed:  # a closed array loads nothing again: pages go back
+            try:
+                uffd.reserve_huge_pages(region.memfd, offset, span)
+            except OSError:
+                return False
+        return True
 
     def _fail(self, job: Job, exc: BaseException) -> None:
         region, chunk = job.region, job.chunk
@@ -686,6 +725,7 @@ class Monitor:
             memfd = os.dup(original.memfd)
             spec = {**original.spec, "client": client, "group": original.group}
             self._add_region(memfd, spec)
+            self.regions[(client, region_id)].sealed = original.sealed  # closed before the fork
             if self.journal:
                 self.journal.record("region", spec, (memfd,))
 
@@ -824,9 +864,10 @@ class Monitor:
                     raise IndexError(f"chunk {chunk} out of range")
                 state = region.state[chunk]
                 if state == PRESENT:
-                    if region.trip is not None and region.trip.chunk == chunk:
-                        self._spring(region, region.trip)  # prefetched means all of it
-                    continue
+                    trip = region.trip
+                    if trip is None or trip.chunk != chunk or self._spring(region, trip):
+                        continue  # prefetched means all of it: the held-back page too
+                    state = region.state[chunk]  # the page could not go in: load the chunk again
                 if state == PENDING:
                     job = region.jobs[chunk]
                     if job.priority > PREFETCH:
@@ -843,11 +884,15 @@ class Monitor:
             raise errors[0]
         return len(waiting)
 
-    def _op_evict(self, *, client: int, region_id: int, chunks: list[int] | None) -> int:
-        """Drop present chunks by punching holes in the memfd; the next touch faults again."""
+    def _op_evict(self, *, client: int, region_id: int, chunks: list[int] | None, seal: bool = False) -> int:
+        """Drop present chunks by punching holes in the memfd; the next touch faults again.
+
+        ``seal`` (``LazyArray.close``): nothing loads into the region any more, a touch is poisoned."""
         region = self._region(client, region_id)
+        if seal:
+            region.sealed = True  # first: readahead or a prefetch in flight must not load it again
         self._settle(region)
-        evicted = 0
+        evicted = unreserved = 0
         with region.lock:
             if chunks is None:  # a 1 TiB array has 262,144 chunks: find the loaded ones in C (~40 ms -> µs)
                 states = np.frombuffer(region.state, dtype=np.uint8)
@@ -855,8 +900,14 @@ class Monitor:
             for chunk in chunks:
                 if region.state[chunk] not in (PRESENT, FAILED):
                     continue
-                self._evict_chunk(region, chunk)
+                unreserved += not self._evict_chunk(region, chunk)
                 evicted += 1
+        if unreserved:
+            raise HugePagesUnavailableError(
+                f"{region.url}: evicted {evicted} chunks, but the huge page pool was taken before {unreserved} "
+                "of them could be reserved again: touching those may fail with SIGBUS (prefetch raises) unless "
+                "pages are free then. Reserve more (sysctl vm.nr_hugepages)."
+            )
         return evicted
 
     def _drop_client(self, client: Client) -> None:

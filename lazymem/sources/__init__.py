@@ -32,6 +32,7 @@ __all__ = [
     "NpyHeader",
     "RawNpyReader",
     "SeekableZstdReader",
+    "absolute_url",
     "npy_header_bytes",
     "open_source",
     "parse_npy_header",
@@ -50,6 +51,31 @@ def _describe_start(head: bytes) -> str:
                 "writer, e.g. pyzstd.SeekableZstdFile)"
             )
     return f"it is neither a seekable zstd file nor a .npy file (it starts with {head[:8]!r})"
+
+
+def absolute_url(url: str) -> str:
+    """``url`` with a relative local path made absolute (``x.npy.zst``, ``file://x.npy.zst``).
+
+    An array pickles by URL and is opened again in another process, whose working directory
+    may differ: the URL must not depend on this one's. Other URLs are returned as they are."""
+    from fsspec.implementations.local import make_path_posix
+
+    protocol, path = fsspec.core.split_protocol(url)
+    if protocol is None:
+        return str(make_path_posix(path))
+    if protocol in ("file", "local"):
+        return f"{protocol}://{make_path_posix(path)}"
+    return url
+
+
+def _full_path(fs: Any, path: str, url: str) -> str:
+    """``path`` with its protocol (``s3://bucket/key``, not ``bucket/key``) for object stores, so that
+    every message names the object as the user wrote it; their filesystems accept both forms."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    if isinstance(fs, LocalFileSystem) or "::" in url or "://" in path:
+        return path  # local, chained caches (their path is the cache's), HTTP (a URL already)
+    return str(fs.unstrip_protocol(path))
 
 
 def open_source(url: str, storage_options: dict[str, Any] | None = None) -> FramedSource:
@@ -81,6 +107,7 @@ def open_source(url: str, storage_options: dict[str, Any] | None = None) -> Fram
         Empty object, unknown format, or a damaged file (subclasses say which part).
     """
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    path = _full_path(fs, path, url)
     with storage_errors(path):
         # HTTP and S3: one suffix-range GET gives the size and the tail (no HEAD first).
         size, tail = size_and_tail(fs, path, TAIL_READ)

@@ -6,6 +6,8 @@
 * :func:`check_shareable`: a filesystem that lives inside this process (``memory://``) cannot be
   read by the monitor process; say so at ``open`` rather than fail at the first touch.
 * :func:`default_max_in_flight`: how many chunk loads of one array may wait on storage at once.
+* :func:`share_whole_file_cache`: ``simplecache::`` downloads the object once, for the app and
+  the monitor process together.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from lazymem.errors import UnsupportedStorageError
 
 from .retry import http_status, with_retries
 
-__all__ = ["REMOTE_MAX_IN_FLIGHT", "check_shareable", "default_max_in_flight", "size_and_tail"]
+__all__ = ["REMOTE_MAX_IN_FLIGHT", "check_shareable", "default_max_in_flight", "share_whole_file_cache",
+           "size_and_tail"]
 
 REMOTE_MAX_IN_FLIGHT = 16
 """Default requests in flight per array on network filesystems (S3, HTTP...)."""
@@ -136,3 +139,26 @@ def default_max_in_flight(fs: Any) -> int | None:
     from fsspec.implementations.local import LocalFileSystem
 
     return None if isinstance(fs, LocalFileSystem) else REMOTE_MAX_IN_FLIGHT
+
+
+def share_whole_file_cache(fs: Any) -> None:
+    """Make the monitor reuse the app's ``simplecache::`` download instead of making its own.
+
+    With its default ``cache_storage="TMP"`` a simplecache filesystem downloads into a temporary
+    directory of its own instance; the copy unpickled in the monitor made another one and
+    downloaded the whole object again on the first touch. Naming the app's directory in the
+    options the filesystem pickles with makes both processes use one cache (files are named by
+    a hash of the URL). The app's instance still owns the directory and removes it when it goes.
+    ``blockcache::`` and ``filecache::`` keep a cache per process (blockcache fetches only the
+    blocks read, filecache keeps metadata that two processes would both write).
+    """
+    simplecache = _filesystem_class("fsspec.implementations.cached", "SimpleCacheFileSystem")
+    for _ in range(8):  # the cache may sit under other wrappers
+        if fs is None:
+            return
+        if simplecache is not None and isinstance(fs, simplecache):
+            cache: Any = fs
+            if cache.storage_options.get("cache_storage", "TMP") == "TMP":
+                cache.storage_options = {**cache.storage_options, "cache_storage": cache.storage[-1]}
+            return
+        fs = getattr(fs, "fs", None)
