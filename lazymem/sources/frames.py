@@ -5,6 +5,23 @@ cut into frames. Each frame is one contiguous range of stored bytes that decodes
 one contiguous range of the stream. Seekable zstd files have real frames; a plain ``.npy`` file gets
 synthetic ones (stored bytes = stream bytes). The monitor and the eager loader only ever see this
 interface: ``table``, ``fetch``, ``decompress_into``, ``is_zero_frame`` and ``read_into``.
+
+The integrity contract every source keeps (seekable zstd today; zarr shard indexes and HDF5 chunk
+indexes are held to the same rules):
+
+1. **An index is data from the file, checked before use.** Every entry must be possible for the
+   format (sizes within what a stored size can decode to, offsets within the object), and the
+   entries together must describe exactly the array the header describes.
+2. **Nothing is placed by an unproven index.** Where a unit's place follows from other entries
+   (a frame's offset from the sizes before it), those entries are proven first: by a checksum of
+   the index written by us, or by the units' own headers, or by decoding them (see
+   :mod:`lazymem.sources.positions`). Each unit is also checked against its own entry where it is
+   decoded (declared size, decoded length, checksum).
+3. **No allocation before validation.** No buffer is sized from the file before the size is
+   checked; a unit decodes into the caller's memory or through a bounded scratch. Damage is a
+   :class:`~lazymem.errors.LazymemError` (never ``MemoryError``), in the app and in the monitor.
+4. **Checksums are all or nothing.** A file that promises checksums (ours always do) has a unit
+   without one corrupt; a foreign file without them warns (``UnverifiableDataWarning``).
 """
 
 from __future__ import annotations
