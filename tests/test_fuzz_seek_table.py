@@ -208,10 +208,19 @@ def flip_anywhere(data: bytes, rng: np.random.Generator) -> bytes:
     return bytes(out)
 
 
+def overwrite(data: bytes, rng: np.random.Generator) -> bytes:
+    """A run of 1-64 bytes overwritten with random bytes, or zeros, anywhere."""
+    out = bytearray(data)
+    at = int(rng.integers(0, len(out)))
+    n = min(int(rng.integers(1, 65)), len(out) - at)
+    out[at : at + n] = bytes(n) if rng.integers(0, 2) else rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+    return bytes(out)
+
+
 FAMILIES: dict[str, Callable[..., bytes]] = {
     f.__name__: f
     for f in [flip_entry, grow_entry, compensate(0), compensate(1), swap_entries, huge_entry, reencode(True),
-              reencode(False), header_edit, truncate, flip_anywhere]
+              reencode(False), header_edit, truncate, flip_anywhere, overwrite]
 }
 NEEDS_KIND = {"reencode", "strip_checksum", "header_edit"}
 
