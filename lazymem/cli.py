@@ -80,6 +80,13 @@ def _info(args: argparse.Namespace) -> int:
     if reader.chunk_bytes_hint is not None:
         print(f"chunk bytes   {_human(reader.chunk_bytes_hint)} (named by the layout frame)")
     print(f"seek table    {'indexed: read block by block' if table.lazy else 'read whole at open'}")
+    positions = getattr(reader, "positions", None)
+    if positions is not None:  # see lazymem.sources.positions: what places each frame
+        print("frame places  " + {
+            "rows": "proven by the seek table's CRCs",
+            "blocks": "block sums; frames before a read in its block are checked on first use",
+            "none": "unproven: the frames before a read are checked on first use (lazymem convert to avoid)",
+        }[positions.trust])
     if len(table) > 1:
         sizes = np.asarray(table.decompressed_sizes)
         print(f"frame bytes   median {_human(float(np.median(sizes)))}, max {_human(float(sizes.max()))}")
