@@ -23,10 +23,9 @@ from .mapped import MappedArray, map_npy
 from .monitor.client import get_client
 from .region import Region
 from .sources import absolute_url, open_source
+from .sources.flat import choose_unit_bytes
 from .sources.remote import check_shareable, share_whole_file_cache
 
-DEFAULT_CHUNK_BYTES = 4 * 2**20
-MAX_CHUNK_BYTES = 64 * 2**20
 DEFAULT_READAHEAD = 8  # chunks; the window grows up to this on sequential access
 REMOTE_READAHEAD = 16  # over a network each window ends with one fault that waits a round trip
 
@@ -67,33 +66,12 @@ class Stats:
 
 
 def _choose_chunk_bytes(reader: Any, nbytes: int, requested: int | None) -> int:
-    """Install unit: the chunk size our own files name, else one frame for files laid out like
-    ours, else a page multiple near the frame size."""
+    """Install unit: as requested, else the source's choice (see sources.flat.choose_unit_bytes)."""
     if requested is not None:
         if requested <= 0 or requested % PAGE_SIZE:
             raise ValueError(f"chunk_bytes must be a positive multiple of {PAGE_SIZE} (got {requested!r})")
         return requested
-    hint = reader.chunk_bytes_hint
-    if hint is not None and hint % PAGE_SIZE == 0 and hint <= MAX_CHUNK_BYTES:
-        return min(hint, round_up(max(nbytes, 1)))  # as saved: a chunk of several frames
-    table = reader.table
-    sizes = np.asarray(table.decompressed_sizes)
-    data_offset = reader.header.data_offset
-    if len(sizes) > 1 and sizes[0] == data_offset:
-        # Frame 0 is exactly the header (files written by save): the data frames are the others,
-        # found without building every frame's offset (a 1 TiB array has 262,144).
-        data_sizes = sizes[1:]
-    else:
-        offsets = np.asarray(table.decompressed_offsets)
-        data = offsets >= data_offset
-        data_sizes = sizes[data] if data.any() and offsets[data][0] == data_offset else sizes[:0]
-    if len(data_sizes):
-        first = int(data_sizes[0])
-        if first > 0 and first % PAGE_SIZE == 0 and bool(np.all(data_sizes[:-1] == first)) and data_sizes[-1] <= first:
-            return first  # frames are aligned to the data: one frame per chunk, no assembly
-    typical = int(np.median(sizes)) if len(sizes) else DEFAULT_CHUNK_BYTES
-    chunk = min(max(round_up(typical), DEFAULT_CHUNK_BYTES), MAX_CHUNK_BYTES)
-    return min(chunk, round_up(max(nbytes, 1)))
+    return choose_unit_bytes(reader, nbytes)
 
 
 class LazyArray(np.ndarray):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import select
 import subprocess
 import sys
@@ -86,7 +87,8 @@ def http_store(_http_server_process, request: pytest.FixtureRequest):
     from .remote import HttpStore
 
     server = _http_server_process
-    directory = server.root / f"t{len(list(server.root.iterdir()))}-{request.node.name[:40]}"
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name[:40])  # parametrized names hold [ ] (not URL-safe)
+    directory = server.root / f"t{len(list(server.root.iterdir()))}-{name}"
     directory.mkdir()
     server.reset()
     try:
