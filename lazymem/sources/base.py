@@ -76,8 +76,9 @@ class UnitRead:
 
     zeros: bool
     """The unit holds zeros only (or the fill value zero) and ``out`` was left untouched."""
-    bytes_fetched: int
-    """Stored bytes read from storage for it (0 where nothing was fetched)."""
+    bytes_fetched: int | None
+    """Stored bytes read from storage for it (0 where nothing was fetched; None if the format's
+    library does not say)."""
 
 
 @dataclass(frozen=True, slots=True)
