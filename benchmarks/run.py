@@ -37,6 +37,7 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 import contenders  # noqa: E402
 import datagen  # noqa: E402
 import hugepool  # noqa: E402
+import report as results_report  # noqa: E402
 
 import lazymem  # noqa: E402
 
@@ -821,274 +822,6 @@ def make_huge(directory: Path, quick: bool) -> list[tuple[str, str, int]]:
     return out
 
 
-# --------------------------------------------------------------------------- report
-
-
-def fmt_s(s: float) -> str:
-    if s < 1e-3:
-        return f"{s * 1e6:.0f} µs"
-    if s < 1:
-        return f"{s * 1e3:.1f} ms"
-    return f"{s:.2f} s"
-
-
-def fmt_mb(b: float) -> str:
-    return f"{b / MiB:,.1f} MiB"
-
-
-def by_name(results: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    return next(r for r in results if r["name"] == name)
-
-
-def markdown(report: dict[str, Any]) -> str:
-    lines: list[str] = []
-    m = report["machine"]
-    ds = report["dataset"]
-    lines.append(
-        f"Machine: {m.get('cpu', '?')}, {m['nproc']} CPUs, {m.get('memory_gib', '?')} GiB RAM, "
-        f"Linux {m['kernel']}; Python {m['python']}, numpy {m['numpy']}, zstandard {m['zstandard']}, "
-        f"zarr {m.get('zarr', '-')}, lazymem {m['lazymem']} (sources sha256 "
-        f"{m.get('lazymem_source_sha256', '?')}, zero-copy installs {m.get('lazymem_zero_copy', '?')})."
-    )
-    pool = m.get("huge_pages", {})
-    if pool.get("used"):
-        lines.append(
-            f"Huge pages: pool of {pool['pool_pages']} pages of {pool['page_bytes'] // MiB} MiB "
-            f"(was {pool['pool_pages_before']} before the run)."
-        )
-    elif "reason" in pool:
-        lines.append(f"Huge pages: requested but not used ({pool['reason']}).")
-    noise = [r.get("others_cpus", 0.0) for r in report["full_scan"]]
-    lines.append(
-        f"Background load from other processes during the full scan: median {statistics.median(noise):.2f} "
-        f"CPUs (max {max(noise):.2f}); before the run: {report.get('background_cpus_at_start', 0):.2f} CPUs."
-    )
-    lines.append(
-        f"Data: float32 {tuple(ds['shape'])} = {fmt_mb(ds['nbytes'])}, {fmt_mb(ds['compressed_bytes'])} "
-        f"compressed (ratio {ds['nbytes'] / ds['compressed_bytes']:.2f}), 4 MiB chunks, zstd level 3, "
-        f"local file in the page cache. Medians of {report['reps']} alternating repetitions."
-    )
-    lines.append("")
-
-    scan = report["full_scan"]
-    floor = by_name(scan, "decode floor (no sum)")["median_s"]
-    lines.append("### Full scan: `np.sum(a, dtype=np.float64)`")
-    lines.append("")
-    lines.append("| contender | median | GB/s (uncompressed) | x decode floor | other procs (CPUs) | notes |")
-    lines.append("|---|---:|---:|---:|---:|---|")
-    for r in scan:
-        note = ""
-        if "bytes_fetched" in r:
-            note = (
-                f"fetched {fmt_mb(r['bytes_fetched'])}, {r['chunks_installed']:.0f} chunks "
-                f"({r['readahead_chunks']:.0f} by readahead), {r['faults']:.0f} faults"
-            )
-            if "monitor_cpu_seconds" in r:
-                note += f"; CPU: monitor {r['monitor_cpu_seconds']:.2f} s, app {r['app_cpu_seconds']:.2f} s"
-        lines.append(
-            f"| {r['name']} | {fmt_s(r['median_s'])} | {ds['nbytes'] / r['median_s'] / 1e9:.2f} | "
-            f"{r['median_s'] / floor:.2f} | {r.get('others_cpus', 0):.2f} | {note} |"
-        )
-    lines.append("")
-
-    lines.append("### Touched fraction: one element in each of a fraction of the chunks (random chunks)")
-    lines.append("")
-    lines.append(
-        "| fraction | chunks | lazymem.open | fetched (lazy) | lazy + prefetch(idx) | lazymem.load | "
-        "zarr vindex | zarr loop | npy mmap | load / lazy |"
-    )
-    lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for row in report["touched_fraction"]:
-        res = {r["name"]: r for r in row["results"]}
-        lazy = res["lazymem.open"]
-        cells = [
-            f"{row['fraction']:g}",
-            f"{row['chunks_touched']}/{row['chunks_total']}",
-            fmt_s(lazy["median_s"]),
-            fmt_mb(lazy.get("bytes_fetched", 0)),
-            fmt_s(res["lazymem.open + prefetch(idx)"]["median_s"]),
-            fmt_s(res["lazymem.load"]["median_s"]),
-            fmt_s(res["zarr vindex"]["median_s"]),
-        ]
-        cells += [fmt_s(res[n]["median_s"]) if n in res else "-" for n in ("zarr z[t,i,j] loop", "npy mmap")]
-        cells.append(f"{res['lazymem.load']['median_s'] / lazy['median_s']:.1f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-
-    lines.append("### Strided access")
-    lines.append("")
-    lines.append("| access | lazymem.open | fetched (lazy) | lazymem.load | zarr | npy mmap |")
-    lines.append("|---|---:|---:|---:|---:|---:|")
-    for row in report["strided"]:
-        res = {r["name"]: r for r in row["results"]}
-        lazy = res["lazymem.open"]
-        lines.append(
-            f"| {row['case']} | {fmt_s(lazy['median_s'])} | {fmt_mb(lazy.get('bytes_fetched', 0))} "
-            f"({lazy.get('chunks_installed', 0):.0f} chunks) | {fmt_s(res['lazymem.load']['median_s'])} | "
-            f"{fmt_s(res['zarr']['median_s'])} | {fmt_s(res['npy mmap']['median_s'])} |"
-        )
-    lines.append("")
-
-    if "zero_chunks" in report:
-        zc = report["zero_chunks"]
-        res = {r["name"]: r for r in zc["results"]}
-        sizes = {kind: fmt_mb(f["bytes"]) for kind, f in zc["files"].items()}
-        lines.append("### Zero chunks: the field with every other chunk all zeros, `np.sum(a, dtype=np.float64)`")
-        lines.append("")
-        lines.append(
-            f"{zc['chunks_zero']} of {zc['chunks_total']} chunks are zeros. Zero frames: `lazymem.save` "
-            f"({sizes['zero frames']}); zstd frames: an ordinary zstd frame for every chunk, as older "
-            f"writers made ({sizes['zstd frames']})."
-        )
-        lines.append("")
-        lines.append("| contender | zero frames | zstd frames | zero frames / zstd frames | zero_chunks (lazy stats) |")
-        lines.append("|---|---:|---:|---:|---:|")
-        for name in ("lazymem.open", "lazymem.load"):
-            zf, zs = res[f"{name} + sum, zero frames"], res[f"{name} + sum, zstd frames"]
-            stat = f"{zf['zero_chunks']:.0f} / {zs['zero_chunks']:.0f}" if "zero_chunks" in zf else "-"
-            lines.append(
-                f"| {name} + sum | {fmt_s(zf['median_s'])} | {fmt_s(zs['median_s'])} | "
-                f"{zc['ratios'][f'{name}: zero frames / zstd frames']:.2f} | {stat} |"
-            )
-        lines.append("")
-
-    lines.append("### First element: `lazymem.open(url)` then `a.flat[0]`, monitor already running")
-    lines.append("")
-    lines.append(
-        "| array | file size | open | first element | open + first | last element | "
-        "zarr open + first | npy mmap open + first |"
-    )
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for e in report["first_element"]:
-        lines.append(
-            f"| {e['target']} | {fmt_mb(e['file_bytes'])} | {fmt_s(e['open_s'])} | "
-            f"{fmt_s(e['first_touch_s'])} | {fmt_s(e['open_plus_first_s'])} | "
-            f"{fmt_s(e['last_element_s'])} | "
-            f"{fmt_s(e['zarr_open_plus_first_s']) if 'zarr_open_plus_first_s' in e else '-'} | "
-            f"{fmt_s(e['npy_mmap_open_plus_first_s']) if 'npy_mmap_open_plus_first_s' in e else '-'} |"
-        )
-    for e in report.get("first_element_errors", []):
-        lines.append(f"| {e['target']} | failed: `{e['error']}` | | | | | | |")
-    lines.append("")
-
-    lines.append("### Ratios that matter (time / time; < 1 means the first is faster)")
-    lines.append("")
-    lines.append("| ratio | value |")
-    lines.append("|---|---:|")
-    for name, value in report["ratios"].items():
-        lines.append(f"| {name} | {value:.2f} |")
-    lines.append("")
-    return "\n".join(lines)
-
-
-def ratios(report: dict[str, Any]) -> dict[str, float]:
-    scan = report["full_scan"]
-    t = {r["name"]: r["median_s"] for r in scan}
-    out = {
-        "lazy scan / decode floor": t["lazymem.open + sum"] / t["decode floor (no sum)"],
-        "lazy scan / parallel eager (lazymem.load + sum)": t["lazymem.open + sum"] / t["lazymem.load + sum"],
-        "lazymem.load + sum / decode floor": t["lazymem.load + sum"] / t["decode floor (no sum)"],
-        "lazymem.load (no sum) / decode floor": t["lazymem.load (no sum)"] / t["decode floor (no sum)"],
-        "lazymem.load (no sum) / decode floor into fresh memory": (
-            t["lazymem.load (no sum)"] / t["decode floor into fresh memory (no sum)"]
-        ),
-        "lazy scan / decode floor into fresh memory": (
-            t["lazymem.open + sum"] / t["decode floor into fresh memory (no sum)"]
-        ),
-        "lazy scan / naive serial eager": t["lazymem.open + sum"] / t["naive serial zstd + sum"],
-        "lazy scan / zarr": t["lazymem.open + sum"] / t["zarr z[:] + sum"],
-        "lazymem.load + sum / zarr": t["lazymem.load + sum"] / t["zarr z[:] + sum"],
-    }
-    warm = t.get("lazymem.load into a warm array (no sum)")  # runs before the fourth session lack it
-    if warm is not None:
-        out["lazymem.load into a warm array (no sum) / decode floor"] = warm / t["decode floor (no sum)"]
-    huge = t.get("lazymem.open(huge_pages) + sum")
-    if huge is not None:
-        out["lazy scan (huge pages) / decode floor"] = huge / t["decode floor (no sum)"]
-        out["lazy scan (huge pages) / parallel eager (lazymem.load + sum)"] = huge / t["lazymem.load + sum"]
-    for row in report["touched_fraction"]:
-        if row["fraction"] in (0.01, 0.1):
-            res = {r["name"]: r["median_s"] for r in row["results"]}
-            pct = f"{row['fraction'] * 100:g} %"
-            out[f"sparse {pct}: lazy / eager load"] = res["lazymem.open"] / res["lazymem.load"]
-            out[f"sparse {pct}: lazy / zarr vindex"] = res["lazymem.open"] / res["zarr vindex"]
-            out[f"sparse {pct}: lazy + prefetch(idx) / zarr vindex"] = (
-                res["lazymem.open + prefetch(idx)"] / res["zarr vindex"]
-            )
-    for name, value in report.get("zero_chunks", {}).get("ratios", {}).items():
-        out[f"zero chunks, {name}"] = value
-    return out
-
-
-def plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = report["touched_fraction"]
-    x = [r["chunks_touched"] / r["chunks_total"] for r in rows]
-
-    def series(name: str, key: str = "median_s") -> list[float]:
-        return [next(c for c in r["results"] if c["name"] == name).get(key, np.nan) for r in rows]
-
-    ds = report["dataset"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
-    ax1.plot(x, series("lazymem.open"), "o-", label="lazymem.open (lazy)", color="C0", lw=2)
-    ax1.plot(x, series("lazymem.load"), "s--", label="lazymem.load (eager, parallel)", color="C1")
-    ax1.plot(x, series("lazymem.open + prefetch(idx)"), "d-", label="lazymem.open + prefetch(idx)", color="C4")
-    ax1.plot(x, series("zarr vindex"), "^:", label="zarr vindex (batched)", color="C2")
-    scan = {r["name"]: r["median_s"] for r in report["full_scan"]}
-    ax1.axhline(
-        scan["decode floor (no sum)"], color="gray", lw=1, ls="-.", label="decode floor (all chunks, all cores)"
-    )
-    for ax in (ax1, ax2):
-        ax.set_xscale("log")
-        ax.set_xticks(x)
-        ax.set_xticklabels(
-            [
-                f"{100 * v:.0f} %\n{r['chunks_touched']}" if v >= 0.1 else f"{100 * v:.2g} %\n{r['chunks_touched']}"
-                for v, r in zip(x, rows)
-            ],
-            fontsize=8,
-        )
-        ax.minorticks_off()
-    ax1.set_yscale("log")
-    ax1.set_xlabel("chunks touched (one element each): fraction / count")
-    ax1.set_ylabel("time (s), median")
-    ax1.set_title("Time to read one element from each touched chunk")
-    ax1.grid(True, which="both", alpha=0.3)
-    ax1.legend(fontsize=8)
-
-    ax2.plot(
-        x,
-        np.array(series("lazymem.open", "bytes_fetched")) / MiB,
-        "o-",
-        color="C0",
-        lw=2,
-        label="lazymem.open: fetched",
-    )
-    ax2.plot(
-        x, np.array([r["ideal_bytes"] for r in rows]) / MiB, "k:", lw=1, label="compressed size of the touched chunks"
-    )
-    ax2.axhline(ds["compressed_bytes"] / MiB, color="C1", ls="--", label="lazymem.load: whole file")
-    ax2.set_yscale("log")
-    ax2.set_xlabel("chunks touched (one element each): fraction / count")
-    ax2.set_ylabel("compressed bytes read (MiB)")
-    ax2.set_title("Bytes read from storage")
-    ax2.grid(True, which="both", alpha=0.3)
-    ax2.legend(fontsize=8)
-    m = report["machine"]
-    fig.suptitle(
-        f"lazymem, {ds['nbytes'] / MiB:.0f} MiB float32 field, 4 MiB zstd chunks, local file (page cache); "
-        f"{m['nproc']} vCPU {m.get('cpu', '')}",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -1123,10 +856,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replot", type=Path, help="only redraw the plot and tables from a results JSON")
     args = p.parse_args(argv)
     if args.replot:
-        report = json.loads(args.replot.read_text())
-        name = "touched_fraction.png" if report["mode"] == "full" else "touched_fraction-quick.png"
-        plot(report, args.replot.parent / name)
-        print(markdown(report))
+        print(results_report.redraw(args.replot))
         return 0
     global WARMUP, QUIET_WAIT
     WARMUP = not args.quick
@@ -1175,17 +905,11 @@ def run(args: argparse.Namespace, ds: Dataset, pool: dict[str, Any]) -> None:
     log("full scan ...")
     report["full_scan"] = full_scan(ds, reps, huge_pages)
     if args.scan_only:
-        report["ratios"] = ratios({**report, "touched_fraction": []})
+        report["ratios"] = results_report.ratios(report)
         args.out.mkdir(parents=True, exist_ok=True)
         json_path = args.out / "results-scan.json"
         json_path.write_text(json.dumps(report, indent=1))
-        floor = by_name(report["full_scan"], "decode floor (no sum)")["median_s"]
-        print("| contender | median | x decode floor |\n|---|---:|---:|")
-        for r in report["full_scan"]:
-            print(f"| {r['name']} | {fmt_s(r['median_s'])} | {r['median_s'] / floor:.2f} |")
-        print("\n| ratio | value |\n|---|---:|")
-        for name, value in report["ratios"].items():
-            print(f"| {name} | {value:.2f} |")
+        print(results_report.scan_only_markdown(report))
         log(f"wrote {json_path}")
         return
     log("touched fraction ...")
@@ -1205,15 +929,14 @@ def run(args: argparse.Namespace, ds: Dataset, pool: dict[str, Any]) -> None:
     log("first element ...")
     huge = [] if args.no_huge else make_huge(args.data_dir, args.quick)
     report["first_element"], report["first_element_errors"] = first_element(ds, reps, huge, huge_pages)
-    report["ratios"] = ratios(report)
+    report["ratios"] = results_report.ratios(report)
     report["elapsed_s"] = time.perf_counter() - start
 
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / f"results-{mode}.json"
     json_path.write_text(json.dumps(report, indent=1))
-    png = args.out / "touched_fraction.png" if mode == "full" else args.out / "touched_fraction-quick.png"
-    plot(report, png)
-    print(markdown(report))
+    png = args.out / results_report.plot_name(mode)
+    print(results_report.render(report, png))
     log(f"wrote {json_path} and {png} in {report['elapsed_s']:.0f} s")
 
 
