@@ -18,9 +18,6 @@ import contextlib
 import gc
 import json
 import os
-import platform
-import random
-import shutil
 import statistics
 import sys
 import time
@@ -38,154 +35,13 @@ import contenders  # noqa: E402
 import datagen  # noqa: E402
 import hugepool  # noqa: E402
 import report as results_report  # noqa: E402
+from datasets import CHUNK_BYTES, LEVEL, Dataset, GiB, MiB, read_through  # noqa: E402
+from harness import POLICY, Contender, compete, finish, keep, log, wait_for_quiet  # noqa: E402
+from machine import machine_info, warm_memory  # noqa: E402
 
 import lazymem  # noqa: E402
 
-MiB = 2**20
-GiB = 2**30
-CHUNK_BYTES = 4 * MiB
-LEVEL = 3
 FRACTIONS = [0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0]
-SPARSE_FRACTIONS = [0.001, 0.01, 0.1]
-
-
-_T0 = time.perf_counter()
-
-
-def log(*args: Any) -> None:
-    print(f"[{time.perf_counter() - _T0:5.0f} s]", *args, file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- machine description
-
-
-def source_fingerprint() -> str:
-    """SHA-256 of lazymem's Python sources: which version of the code the numbers belong to."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    root = Path(lazymem.__file__).resolve().parent
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def machine_info() -> dict[str, Any]:
-    import zstandard
-
-    info: dict[str, Any] = {
-        "nproc": os.cpu_count(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "zstandard": zstandard.__version__,
-        "lazymem": getattr(lazymem, "__version__", "?"),
-        "lazymem_source_sha256": source_fingerprint(),
-    }
-    try:
-        from lazymem.monitor.client import get_client
-
-        info["lazymem_zero_copy"] = bool(getattr(get_client(), "zero_copy", False))
-    except Exception:  # noqa: BLE001 - informative only
-        pass
-    try:
-        import zarr
-
-        info["zarr"] = zarr.__version__
-    except ImportError:
-        pass
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    info["memory_gib"] = round(int(line.split()[1]) / 2**20, 1)
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return info
-
-
-# --------------------------------------------------------------------------- data
-
-
-class Dataset:
-    """The benchmark field in three formats: lazymem's .npy.zst, a plain .npy, a zarr v3 array."""
-
-    def __init__(self, directory: Path, nbytes: int, seed: int = 0) -> None:
-        self.n_time = datagen.n_steps_for(nbytes)
-        self.shape = (self.n_time, datagen.N_LAT, datagen.N_LON)
-        self.nbytes = int(np.prod(self.shape)) * 4
-        stem = f"field-{self.nbytes // MiB}MiB-s{seed}"
-        self.dir = directory
-        self.zst = directory / f"{stem}.npy.zst"
-        self.npy = directory / f"{stem}.npy"
-        self.zarr = directory / f"{stem}.zarr"
-        self.meta_path = directory / f"{stem}.json"
-        self.seed = seed
-        self.meta = {
-            "shape": list(self.shape),
-            "seed": seed,
-            "generator": datagen.GENERATOR_VERSION,
-            "chunk_bytes": CHUNK_BYTES,
-            "level": LEVEL,
-            "layout": "lazymem.save default frames (512 KiB), layout frame v2 (indexed)",  # older: rebuilt
-        }
-
-    def ready(self) -> bool:
-        if not all(p.exists() for p in (self.zst, self.npy, self.zarr, self.meta_path)):
-            return False
-        try:
-            return json.loads(self.meta_path.read_text()) == self.meta
-        except ValueError:
-            return False
-
-    def build(self) -> None:
-        import zarr
-
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if self.ready():
-            log(f"data: reusing {self.zst.name} ({self.zst.stat().st_size / MiB:.0f} MiB compressed)")
-            return
-        log(f"data: generating {self.shape} float32 ({self.nbytes / MiB:.0f} MiB) ...")
-        t = time.perf_counter()
-        field = datagen.generate(self.n_time, self.seed)
-        log(f"data: generated in {time.perf_counter() - t:.1f} s; saving .npy.zst, .npy, .zarr ...")
-        t = time.perf_counter()
-        lazymem.save(str(self.zst), field, chunk_bytes=CHUNK_BYTES, level=LEVEL)
-        log(f"data: lazymem.save {time.perf_counter() - t:.1f} s")
-        np.save(self.npy, field)
-        if self.zarr.exists():
-            shutil.rmtree(self.zarr)
-        steps_per_chunk = CHUNK_BYTES // datagen.STEP_BYTES  # (8, 256, 512) float32 = 4 MiB, as lazymem's
-        t = time.perf_counter()
-        z = zarr.create_array(
-            store=str(self.zarr),
-            shape=self.shape,
-            dtype="float32",
-            chunks=(steps_per_chunk, datagen.N_LAT, datagen.N_LON),
-            compressors=zarr.codecs.ZstdCodec(level=LEVEL),
-        )
-        z[:] = field
-        log(f"data: zarr write {time.perf_counter() - t:.1f} s")
-        del field, z
-        self.meta_path.write_text(json.dumps(self.meta))
-
-    @property
-    def compressed_bytes(self) -> int:
-        return self.zst.stat().st_size
-
-    def warm_page_cache(self) -> None:
-        """Read every file once so that all contenders start from the OS page cache."""
-        for path in [self.zst, self.npy, *sorted(self.zarr.rglob("*"))]:
-            if path.is_file():
-                with open(path, "rb") as f:
-                    while f.read(16 * MiB):
-                        pass
 
 
 class ZeroChunkFiles:
@@ -222,239 +78,8 @@ class ZeroChunkFiles:
                     raise AssertionError(f"{path.name}: lazymem.load reads back other data")
             log(f"data: wrote {self.zero_frames.name} and {self.zstd_frames.name} in {time.perf_counter() - t:.1f} s")
             del data, flat
-        for path in (self.zero_frames, self.zstd_frames):  # into the page cache
-            with open(path, "rb") as f:
-                while f.read(16 * MiB):
-                    pass
+        read_through([self.zero_frames, self.zstd_frames])
 
-
-def warm_huge_pages(ds: Dataset, pool: dict[str, Any]) -> bool:
-    """One untimed lazy scan on huge pages: this VM's first use of pool pages is slow (host backing).
-
-    False (and the reason in ``pool``) if the pool cannot hold the array after all.
-    """
-    t = time.perf_counter()
-    try:
-        a = lazymem.open(str(ds.zst), huge_pages=True)
-    except lazymem.HugePagesUnavailableError as exc:
-        log(f"huge pages: not used, {exc}; skipping the huge page contenders")
-        pool.update(used=False, reason=str(exc))
-        return False
-    np.sum(a, dtype=np.float64)
-    a.close()
-    log(f"huge pages: warm-up scan {time.perf_counter() - t:.2f} s")
-    return True
-
-
-def warm_memory(nbytes: int) -> None:
-    """Touch fresh memory once: the VM's first touch of never-used memory is ~10x slower (DESIGN.md)."""
-    block = np.ones(nbytes // 8, dtype=np.float64)
-    block[::512] += 1.0
-    del block
-
-
-# --------------------------------------------------------------------------- timing helpers
-
-
-def monitor_cpu_seconds() -> float | None:
-    """CPU time (user + system) used so far by the lazymem monitor process, if it is running."""
-    try:
-        from lazymem.monitor.client import get_client
-
-        pid = get_client().monitor_pid
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except Exception:  # noqa: BLE001 - purely informative
-        return None
-
-
-def lazy_stats_dict(arr: Any) -> dict[str, Any]:
-    s = lazymem.stats(arr)
-    return {
-        "bytes_fetched": s.bytes_fetched,
-        "chunks_installed": s.chunks_installed,
-        "chunks_total": s.chunks_total,
-        "faults": s.faults,
-        "readahead_chunks": s.readahead_chunks,
-        "zero_chunks": s.zero_chunks,
-        "fetch_seconds": s.fetch_seconds,
-        "install_seconds": s.install_seconds,
-    }
-
-
-def cpu_jiffies() -> tuple[float, float]:
-    """(busy, steal) CPU seconds of the whole machine so far, from /proc/stat."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
-    tick = os.sysconf("SC_CLK_TCK")
-    return (user + nice + system + irq + softirq) / tick, steal / tick
-
-
-def background_load(seconds: float = 2.0) -> float:
-    """CPUs kept busy by other processes (this one sleeps meanwhile)."""
-    busy0, _ = cpu_jiffies()
-    time.sleep(seconds)
-    busy1, _ = cpu_jiffies()
-    return (busy1 - busy0) / seconds
-
-
-WAIT_BUDGET = [0.0]  # seconds left for waiting on other processes, over the whole run
-
-
-def wait_for_quiet(max_wait: float, threshold: float = 0.3) -> float:
-    """Wait (up to max_wait s) until other processes use less than ``threshold`` CPUs; return the last load."""
-    started = time.monotonic()
-    max_wait = min(max_wait, WAIT_BUDGET[0])
-    try:
-        return _wait_for_quiet(max_wait, threshold)
-    finally:
-        WAIT_BUDGET[0] = max(0.0, WAIT_BUDGET[0] - (time.monotonic() - started))
-
-
-def _wait_for_quiet(max_wait: float, threshold: float) -> float:
-    deadline = time.monotonic() + max_wait
-    load = background_load()
-    while load > threshold and time.monotonic() < deadline:
-        log(f"machine busy: other processes use {load:.1f} CPUs; waiting ...")
-        time.sleep(10)
-        load = background_load()
-    return load
-
-
-BUSY_THRESHOLD = 0.25  # CPUs used by other processes during a timed run before it is redone
-RETRIES_IF_BUSY = 3
-QUIET_WAIT = 120.0
-
-
-def keep(obj: Any) -> dict[str, Any]:
-    """Free ``obj`` (an eagerly loaded array) only after the timer stops, as lazy arrays are closed."""
-    return {"_after": lambda: {"kept": type(obj).__name__}}
-
-
-def finish(arr: Any) -> Callable[[], dict[str, Any]]:
-    """Stats and close of a lazy array, run after the timer stops (not part of the read)."""
-
-    def after() -> dict[str, Any]:
-        info = lazy_stats_dict(arr)
-        arr.close()
-        return info
-
-    return after
-
-
-class Contender:
-    """One way to get the answer: ``fn()`` returns (answer, info); info may hold lazymem stats."""
-
-    def __init__(self, name: str, fn: Callable[[], tuple[Any, dict[str, Any]]]) -> None:
-        self.name = name
-        self.fn = fn
-        self.times: list[float] = []
-        self.infos: list[dict[str, Any]] = []
-        self.answer: Any = None
-
-    def _run(self) -> tuple[float, Any, dict[str, Any]]:
-        gc.collect()
-        cpu0 = monitor_cpu_seconds()
-        busy0, steal0 = cpu_jiffies()
-        p0 = time.process_time()
-        t0 = time.perf_counter()
-        answer, info = self.fn()
-        elapsed = time.perf_counter() - t0
-        app_cpu = time.process_time() - p0
-        busy1, steal1 = cpu_jiffies()
-        info = dict(info)
-        info["app_cpu_seconds"] = app_cpu
-        cpu1 = monitor_cpu_seconds()
-        after = info.pop("_after", None)
-        if after is not None:
-            info.update(after())
-        monitor_cpu = 0.0
-        if cpu0 is not None and cpu1 is not None:
-            monitor_cpu = info["monitor_cpu_seconds"] = cpu1 - cpu0
-        # CPUs used meanwhile by other processes on the machine (noise), and stolen by the host.
-        info["others_cpus"] = max(0.0, (busy1 - busy0) - app_cpu - monitor_cpu) / elapsed
-        info["steal_cpus"] = (steal1 - steal0) / elapsed
-        return elapsed, answer, info
-
-    def run_once(self) -> None:
-        """Time one run; redo it (after waiting for quiet) if other processes took CPU meanwhile."""
-        for attempt in range(RETRIES_IF_BUSY + 1):
-            elapsed, answer, info = self._run()
-            # /proc/stat counts in 10 ms ticks: only runs of 0.3 s or more can be judged.
-            if (
-                elapsed < 0.3
-                or info["others_cpus"] <= BUSY_THRESHOLD
-                or attempt == RETRIES_IF_BUSY
-                or WAIT_BUDGET[0] <= 0
-            ):
-                break
-            log(f"    {self.name}: other processes used {info['others_cpus']:.2f} CPUs during the run; redoing it")
-            WAIT_BUDGET[0] -= elapsed
-            wait_for_quiet(QUIET_WAIT)
-        info["redone"] = attempt
-        self.times.append(elapsed)
-        self.infos.append(info)
-        self.answer = answer
-
-    def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "name": self.name,
-            "median_s": statistics.median(self.times),
-            "min_s": min(self.times),
-            "times_s": self.times,
-        }
-        keys = set().union(*(i.keys() for i in self.infos)) if self.infos else set()
-        for key in sorted(keys):
-            values = [i[key] for i in self.infos if key in i]
-            if values and all(isinstance(v, (int, float)) for v in values):
-                out[key] = statistics.median(values)
-        return out
-
-
-def same(a: Any, b: Any) -> bool:
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return np.array_equal(np.asarray(a), np.asarray(b))
-    return a == b
-
-
-WARMUP = True  # one untimed round per scenario before the timed ones (off in quick mode)
-
-
-def run_order(entrants: list[Contender], rep: int) -> list[Contender]:
-    """A different order each repetition, seeded: not a rotation, which keeps every contender behind
-    the same predecessor (on this VM memory freed by one run and reused within ~2 s by the next costs
-    a tenth of memory the host has taken back, so a fixed predecessor biases a contender)."""
-    order = list(entrants)
-    random.Random(rep).shuffle(order)
-    return order
-
-
-def compete(title: str, entrants: list[Contender], reps: int) -> list[dict[str, Any]]:
-    """Run the entrants alternately (a different order each time) ``reps`` times; check they agree."""
-    if WARMUP:
-        for c in entrants:
-            c.run_once()
-            c.times.clear()
-            c.infos.clear()
-    for rep in range(reps):
-        for c in run_order(entrants, rep):
-            c.run_once()
-    reference = entrants[0]
-    for c in entrants[1:]:
-        if not same(c.answer, reference.answer):
-            raise AssertionError(
-                f"{title}: {c.name} disagrees with {reference.name}: {c.answer!r} != {reference.answer!r}"
-            )
-    results = [c.summary() for c in entrants]
-    log(f"  {title}: " + ", ".join(f"{r['name']} {r['median_s'] * 1e3:.1f} ms" for r in results))
-    for c in entrants:
-        c.answer = None
-    return results
-
-
-# --------------------------------------------------------------------------- scenarios
 
 
 def full_scan(ds: Dataset, reps: int, huge_pages: bool = False) -> list[dict[str, Any]]:
@@ -527,36 +152,15 @@ def full_scan(ds: Dataset, reps: int, huge_pages: bool = False) -> list[dict[str
     if huge_pages:
         entrants.append(Contender("lazymem.open(huge_pages) + sum", lambda: lazy(huge_pages=True)))
     try:
-        # The floor produces no sum: check its buffer once, outside timing, then leave it out of
-        # the agreement check.
+        # The floor produces no sum: check its buffer once, outside timing (compete() leaves
+        # answers of None out of its agreement check).
         floor.run()
         if not np.array_equal(floor.out, np.load(ds.npy, mmap_mode="r")):
             raise AssertionError("decode floor: decoded data differs from the .npy")
-        results = _compete_floor(entrants, reps)
+        # Always a warm-up round, quick mode too: the first scan of the run pays for fresh memory.
+        results = compete("full scan", entrants, reps, warmup=True)
     finally:
         floor.close()
-    return results
-
-
-def _compete_floor(entrants: list[Contender], reps: int) -> list[dict[str, Any]]:
-    # Same as compete(), but contenders without an answer (the floor, a load without a sum) are not compared.
-    for c in entrants:  # always warm up here, quick mode too: the first scan of the run pays for fresh memory
-        c.run_once()
-        c.times.clear()
-        c.infos.clear()
-    for rep in range(reps):
-        for c in run_order(entrants, rep):
-            c.run_once()
-    reference = entrants[0]
-    for c in entrants[1:]:
-        if c.answer is None:
-            continue
-        if not same(c.answer, reference.answer):
-            raise AssertionError(
-                f"full scan: {c.name} disagrees with {reference.name}: {c.answer!r} != {reference.answer!r}"
-            )
-    results = [c.summary() for c in entrants]
-    log("  full scan: " + ", ".join(f"{r['name']} {r['median_s'] * 1e3:.0f} ms" for r in results))
     return results
 
 
@@ -858,10 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.replot:
         print(results_report.redraw(args.replot))
         return 0
-    global WARMUP, QUIET_WAIT
-    WARMUP = not args.quick
-    QUIET_WAIT = args.wait_quiet
-    WAIT_BUDGET[0] = args.wait_budget if args.wait_budget is not None else (30.0 if args.quick else 900.0)
+    POLICY.warmup = not args.quick
+    POLICY.quiet_wait = args.wait_quiet
+    POLICY.wait_budget = args.wait_budget if args.wait_budget is not None else (30.0 if args.quick else 900.0)
 
     size = (args.size_mb or (256 if args.quick else 1024)) * MiB
     ds = Dataset(args.data_dir, size)
@@ -884,21 +487,13 @@ def run(args: argparse.Namespace, ds: Dataset, pool: dict[str, Any]) -> None:
     quiet = wait_for_quiet(args.wait_quiet)
     log(f"warming up memory ({3 * ds.nbytes / GiB:.1f} GiB) ...")
     warm_memory(3 * ds.nbytes)
-    huge_pages = bool(pool["used"]) and warm_huge_pages(ds, pool)
+    huge_pages = bool(pool["used"]) and hugepool.warm_huge_pages(str(ds.zst), pool, log)
 
     report: dict[str, Any] = {
         "mode": mode,
         "reps": reps,
         "machine": {**machine_info(), "huge_pages": pool},
-        "dataset": {
-            "shape": list(ds.shape),
-            "dtype": "float32",
-            "nbytes": ds.nbytes,
-            "compressed_bytes": ds.compressed_bytes,
-            "chunk_bytes": CHUNK_BYTES,
-            "level": LEVEL,
-            "file": ds.zst.name,
-        },
+        "dataset": ds.describe(),
         "command": "python3 " + " ".join(sys.argv),
         "background_cpus_at_start": quiet,
     }
