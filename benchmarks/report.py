@@ -16,6 +16,7 @@ import argparse
 import json
 import statistics
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -82,16 +83,25 @@ def preamble(report: Report) -> list[str]:
     return [*lines, ""]
 
 
+def row(*cells: str) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def table(title: str | None, columns: dict[str, str], rows: Iterable[str], intro: str | None = None) -> list[str]:
+    """A Markdown section: title, optional paragraph, the table, a blank line.
+
+    ``columns`` maps each header to its alignment, ``"l"`` or ``"r"`` (numbers).
+    """
+    head = ([title, ""] if title else []) + ([intro, ""] if intro else [])
+    align = "|" + "".join("---:|" if a == "r" else "---|" for a in columns.values())
+    return [*head, row(*columns), align, *rows, ""]
+
+
 def full_scan_table(report: Report) -> list[str]:
     scan = report["full_scan"]
     nbytes = report["dataset"]["nbytes"]
     floor = by_name(scan, "decode floor (no sum)")["median_s"]
-    lines = [
-        "### Full scan: `np.sum(a, dtype=np.float64)`",
-        "",
-        "| contender | median | GB/s (uncompressed) | x decode floor | other procs (CPUs) | notes |",
-        "|---|---:|---:|---:|---:|---|",
-    ]
+    rows = []
     for r in scan:
         note = ""
         if "bytes_fetched" in r:  # a lazy contender: its lazymem.stats
@@ -101,27 +111,35 @@ def full_scan_table(report: Report) -> list[str]:
             )
             if "monitor_cpu_seconds" in r:
                 note += f"; CPU: monitor {r['monitor_cpu_seconds']:.2f} s, app {r['app_cpu_seconds']:.2f} s"
-        lines.append(
-            f"| {r['name']} | {fmt_s(r['median_s'])} | {nbytes / r['median_s'] / 1e9:.2f} | "
-            f"{r['median_s'] / floor:.2f} | {r.get('others_cpus', 0):.2f} | {note} |"
+        rows.append(
+            row(
+                r["name"],
+                fmt_s(r["median_s"]),
+                f"{nbytes / r['median_s'] / 1e9:.2f}",
+                f"{r['median_s'] / floor:.2f}",
+                f"{r.get('others_cpus', 0):.2f}",
+                note,
+            )
         )
-    return [*lines, ""]
+    columns = {
+        "contender": "l",
+        "median": "r",
+        "GB/s (uncompressed)": "r",
+        "x decode floor": "r",
+        "other procs (CPUs)": "r",
+        "notes": "l",
+    }
+    return table("### Full scan: `np.sum(a, dtype=np.float64)`", columns, rows)
 
 
 def touched_fraction_table(report: Report) -> list[str]:
-    lines = [
-        "### Touched fraction: one element in each of a fraction of the chunks (random chunks)",
-        "",
-        "| fraction | chunks | lazymem.open | fetched (lazy) | lazy + prefetch(idx) | lazymem.load | "
-        "zarr vindex | zarr loop | npy mmap | load / lazy |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in report["touched_fraction"]:
-        res = {r["name"]: r for r in row["results"]}
+    rows = []
+    for entry in report["touched_fraction"]:
+        res = {r["name"]: r for r in entry["results"]}
         lazy = res["lazymem.open"]
         cells = [
-            f"{row['fraction']:g}",
-            f"{row['chunks_touched']}/{row['chunks_total']}",
+            f"{entry['fraction']:g}",
+            f"{entry['chunks_touched']}/{entry['chunks_total']}",
             fmt_s(lazy["median_s"]),
             fmt_mb(lazy.get("bytes_fetched", 0)),
             fmt_s(res["lazymem.open + prefetch(idx)"]["median_s"]),
@@ -131,26 +149,38 @@ def touched_fraction_table(report: Report) -> list[str]:
         # The slow contenders run only on the small fractions.
         cells += [fmt_s(res[n]["median_s"]) if n in res else "-" for n in ("zarr z[t,i,j] loop", "npy mmap")]
         cells.append(f"{res['lazymem.load']['median_s'] / lazy['median_s']:.1f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return [*lines, ""]
+        rows.append(row(*cells))
+    columns = [
+        "fraction",
+        "chunks",
+        "lazymem.open",
+        "fetched (lazy)",
+        "lazy + prefetch(idx)",
+        "lazymem.load",
+        "zarr vindex",
+        "zarr loop",
+        "npy mmap",
+        "load / lazy",
+    ]
+    title = "### Touched fraction: one element in each of a fraction of the chunks (random chunks)"
+    return table(title, dict.fromkeys(columns, "r"), rows)
 
 
 def strided_table(report: Report) -> list[str]:
-    lines = [
-        "### Strided access",
-        "",
-        "| access | lazymem.open | fetched (lazy) | lazymem.load | zarr | npy mmap |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for row in report["strided"]:
-        res = {r["name"]: r for r in row["results"]}
+    rows = []
+    for entry in report["strided"]:
+        res = {r["name"]: r for r in entry["results"]}
         lazy = res["lazymem.open"]
-        lines.append(
-            f"| {row['case']} | {fmt_s(lazy['median_s'])} | {fmt_mb(lazy.get('bytes_fetched', 0))} "
-            f"({lazy.get('chunks_installed', 0):.0f} chunks) | {fmt_s(res['lazymem.load']['median_s'])} | "
-            f"{fmt_s(res['zarr']['median_s'])} | {fmt_s(res['npy mmap']['median_s'])} |"
+        rows.append(
+            row(
+                entry["case"],
+                fmt_s(lazy["median_s"]),
+                f"{fmt_mb(lazy.get('bytes_fetched', 0))} ({lazy.get('chunks_installed', 0):.0f} chunks)",
+                *(fmt_s(res[name]["median_s"]) for name in ("lazymem.load", "zarr", "npy mmap")),
+            )
         )
-    return [*lines, ""]
+    columns = ["lazymem.open", "fetched (lazy)", "lazymem.load", "zarr", "npy mmap"]
+    return table("### Strided access", {"access": "l", **dict.fromkeys(columns, "r")}, rows)
 
 
 def zero_chunks_table(report: Report) -> list[str]:
@@ -159,81 +189,76 @@ def zero_chunks_table(report: Report) -> list[str]:
     zc = report["zero_chunks"]
     res = {r["name"]: r for r in zc["results"]}
     sizes = {kind: fmt_mb(f["bytes"]) for kind, f in zc["files"].items()}
-    lines = [
-        "### Zero chunks: the field with every other chunk all zeros, `np.sum(a, dtype=np.float64)`",
-        "",
-        f"{zc['chunks_zero']} of {zc['chunks_total']} chunks are zeros. Zero frames: `lazymem.save` "
-        f"({sizes['zero frames']}); zstd frames: an ordinary zstd frame for every chunk, as older "
-        f"writers made ({sizes['zstd frames']}).",
-        "",
-        "| contender | zero frames | zstd frames | zero frames / zstd frames | zero_chunks (lazy stats) |",
-        "|---|---:|---:|---:|---:|",
-    ]
+    rows = []
     for name in ("lazymem.open", "lazymem.load"):
         zf, zs = res[f"{name} + sum, zero frames"], res[f"{name} + sum, zstd frames"]
         stat = f"{zf['zero_chunks']:.0f} / {zs['zero_chunks']:.0f}" if "zero_chunks" in zf else "-"
-        lines.append(
-            f"| {name} + sum | {fmt_s(zf['median_s'])} | {fmt_s(zs['median_s'])} | "
-            f"{zc['ratios'][f'{name}: zero frames / zstd frames']:.2f} | {stat} |"
-        )
-    return [*lines, ""]
+        ratio = zc["ratios"][f"{name}: zero frames / zstd frames"]
+        rows.append(row(f"{name} + sum", fmt_s(zf["median_s"]), fmt_s(zs["median_s"]), f"{ratio:.2f}", stat))
+    intro = (
+        f"{zc['chunks_zero']} of {zc['chunks_total']} chunks are zeros. Zero frames: `lazymem.save` "
+        f"({sizes['zero frames']}); zstd frames: an ordinary zstd frame for every chunk, as older "
+        f"writers made ({sizes['zstd frames']})."
+    )
+    columns = ["zero frames", "zstd frames", "zero frames / zstd frames", "zero_chunks (lazy stats)"]
+    return table(
+        "### Zero chunks: the field with every other chunk all zeros, `np.sum(a, dtype=np.float64)`",
+        {"contender": "l", **dict.fromkeys(columns, "r")},
+        rows,
+        intro,
+    )
 
 
 def first_element_table(report: Report) -> list[str]:
-    lines = [
-        "### First element: `lazymem.open(url)` then `a.flat[0]`, monitor already running",
-        "",
-        "| array | file size | open | first element | open + first | last element | "
-        "zarr open + first | npy mmap open + first |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    rows = []
     for e in report["first_element"]:
+        times = ["open_s", "first_touch_s", "open_plus_first_s", "last_element_s"]
         # zarr and the .npy exist for the benchmark field only, not for the huge zeros arrays.
-        lines.append(
-            f"| {e['target']} | {fmt_mb(e['file_bytes'])} | {fmt_s(e['open_s'])} | "
-            f"{fmt_s(e['first_touch_s'])} | {fmt_s(e['open_plus_first_s'])} | "
-            f"{fmt_s(e['last_element_s'])} | "
-            f"{fmt_s(e['zarr_open_plus_first_s']) if 'zarr_open_plus_first_s' in e else '-'} | "
-            f"{fmt_s(e['npy_mmap_open_plus_first_s']) if 'npy_mmap_open_plus_first_s' in e else '-'} |"
-        )
+        others = [fmt_s(e[k]) if k in e else "-" for k in ("zarr_open_plus_first_s", "npy_mmap_open_plus_first_s")]
+        rows.append(row(e["target"], fmt_mb(e["file_bytes"]), *(fmt_s(e[k]) for k in times), *others))
     for e in report.get("first_element_errors", []):
-        lines.append(f"| {e['target']} | failed: `{e['error']}` | | | | | | |")
-    return [*lines, ""]
-
-
-def ratios_table(report: Report) -> list[str]:
-    lines = [
-        "### Ratios that matter (time / time; < 1 means the first is faster)",
-        "",
-        "| ratio | value |",
-        "|---|---:|",
+        rows.append(f"| {e['target']} | failed: `{e['error']}` | | | | | | |")
+    columns = [
+        "file size",
+        "open",
+        "first element",
+        "open + first",
+        "last element",
+        "zarr open + first",
+        "npy mmap open + first",
     ]
-    lines += [f"| {name} | {value:.2f} |" for name, value in report["ratios"].items()]
-    return [*lines, ""]
+    return table(
+        "### First element: `lazymem.open(url)` then `a.flat[0]`, monitor already running",
+        {"array": "l", **dict.fromkeys(columns, "r")},
+        rows,
+    )
+
+
+def ratios_table(report: Report, title: str | None) -> list[str]:
+    rows = [row(name, f"{value:.2f}") for name, value in report["ratios"].items()]
+    return table(title, {"ratio": "l", "value": "r"}, rows)
 
 
 def markdown(report: Report) -> str:
     """All tables of a full or quick run, as README.md and RESULTS.md quote them."""
-    sections = (
-        preamble,
-        full_scan_table,
-        touched_fraction_table,
-        strided_table,
-        zero_chunks_table,
-        first_element_table,
-        ratios_table,
-    )
-    return "\n".join(line for section in sections for line in section(report))
+    lines = [
+        *preamble(report),
+        *full_scan_table(report),
+        *touched_fraction_table(report),
+        *strided_table(report),
+        *zero_chunks_table(report),
+        *first_element_table(report),
+        *ratios_table(report, "### Ratios that matter (time / time; < 1 means the first is faster)"),
+    ]
+    return "\n".join(lines)
 
 
 def scan_only_markdown(report: Report) -> str:
     """The two short tables a ``--scan-only`` run prints: each contender against the decode floor, and the ratios."""
     floor = by_name(report["full_scan"], "decode floor (no sum)")["median_s"]
-    lines = ["| contender | median | x decode floor |", "|---|---:|---:|"]
-    lines += [f"| {r['name']} | {fmt_s(r['median_s'])} | {r['median_s'] / floor:.2f} |" for r in report["full_scan"]]
-    lines += ["", "| ratio | value |", "|---|---:|"]
-    lines += [f"| {name} | {value:.2f} |" for name, value in report["ratios"].items()]
-    return "\n".join(lines)
+    rows = [row(r["name"], fmt_s(r["median_s"]), f"{r['median_s'] / floor:.2f}") for r in report["full_scan"]]
+    lines = table(None, {"contender": "l", "median": "r", "x decode floor": "r"}, rows) + ratios_table(report, None)
+    return "\n".join(lines[:-1])  # no blank line at the end, as before
 
 
 # --------------------------------------------------------------------------- ratios
@@ -284,6 +309,16 @@ def ratios(report: Report) -> dict[str, float]:
 # --------------------------------------------------------------------------- plot
 
 
+def _label(ax: Any, ylabel: str, title: str) -> None:
+    """Log y axis, labels, grid and legend: the same for both panels."""
+    ax.set_yscale("log")
+    ax.set_xlabel("chunks touched (one element each): fraction / count")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def plot(report: Report, path: Path) -> None:
     """Time and bytes read against the fraction of chunks touched, lazy against eager, zarr and the floor."""
     import matplotlib
@@ -318,12 +353,7 @@ def plot(report: Report, path: Path) -> None:
             fontsize=8,
         )
         ax.minorticks_off()
-    ax1.set_yscale("log")
-    ax1.set_xlabel("chunks touched (one element each): fraction / count")
-    ax1.set_ylabel("time (s), median")
-    ax1.set_title("Time to read one element from each touched chunk")
-    ax1.grid(True, which="both", alpha=0.3)
-    ax1.legend(fontsize=8)
+    _label(ax1, "time (s), median", "Time to read one element from each touched chunk")
 
     ax2.plot(
         x,
@@ -337,12 +367,7 @@ def plot(report: Report, path: Path) -> None:
         x, np.array([r["ideal_bytes"] for r in rows]) / MiB, "k:", lw=1, label="compressed size of the touched chunks"
     )
     ax2.axhline(ds["compressed_bytes"] / MiB, color="C1", ls="--", label="lazymem.load: whole file")
-    ax2.set_yscale("log")
-    ax2.set_xlabel("chunks touched (one element each): fraction / count")
-    ax2.set_ylabel("compressed bytes read (MiB)")
-    ax2.set_title("Bytes read from storage")
-    ax2.grid(True, which="both", alpha=0.3)
-    ax2.legend(fontsize=8)
+    _label(ax2, "compressed bytes read (MiB)", "Bytes read from storage")
     m = report["machine"]
     fig.suptitle(
         f"lazymem, {ds['nbytes'] / MiB:.0f} MiB float32 field, 4 MiB zstd chunks, local file (page cache); "
