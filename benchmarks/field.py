@@ -62,6 +62,7 @@ class Dataset:
 
     def build(self) -> None:
         import zarr
+        from zarr.codecs import ZstdCodec
 
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.ready():
@@ -84,7 +85,7 @@ class Dataset:
             shape=self.shape,
             dtype="float32",
             chunks=(steps_per_chunk, datagen.N_LAT, datagen.N_LON),
-            compressors=zarr.codecs.ZstdCodec(level=LEVEL),
+            compressors=ZstdCodec(level=LEVEL),
         )
         z[:] = field
         log(f"data: zarr write {time.perf_counter() - t:.1f} s")
