@@ -40,8 +40,8 @@ assert np.array_equal(c, src) and lazymem.stats(c).chunks_installed == before
 e = lazymem.open(path, readahead=0)
 e[0, 0]
 worker = get_client().monitor_pid
+fd = os.pidfd_open(worker)  # before the kill: once reaped, the pid is gone (ProcessLookupError)
 os.kill(worker, signal.SIGKILL)
-fd = os.pidfd_open(worker)
 select.select([fd], [], [])
 lazymem.stats(e)
 assert np.array_equal(e, src)
