@@ -8,9 +8,11 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
+from fsspec.implementations.local import LocalFileSystem
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -26,6 +28,18 @@ def field(tmp_path: Path) -> tuple[str, np.ndarray]:
     path = str(tmp_path / "field.npy.zst")
     lazymem.save(path, src, chunk_bytes=2**20)
     return path, src
+
+
+class CountingFileSystem(LocalFileSystem):
+    """The real local filesystem, counting the byte-range requests made through it (being a
+    subclass, it is not a plain local file: lazymem reads through it, never past it)."""
+
+    protocol = "countingfile"
+    requests: ClassVar[list[tuple[int | None, int | None]]] = []
+
+    def cat_file(self, path, start=None, end=None, **kwargs):  # type: ignore[no-untyped-def]
+        type(self).requests.append((start, end))
+        return super().cat_file(path, start=start, end=end, **kwargs)
 
 
 def run_python(code: str, *, env: dict[str, str] | None = None, prefix: list[str] | None = None,

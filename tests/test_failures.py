@@ -146,9 +146,9 @@ def test_a_source_pickles_without_its_open_file(tmp_path: Path) -> None:
     lazymem.save(path, src, chunk_bytes=2**16)
     reader = open_source(path)
     reader.read_into(reader.data_offset, bytearray(1000))
-    assert "_local" in reader.__dict__
+    assert "_local" in reader.storage.__dict__
     clone = pickle.loads(pickle.dumps(reader))
-    assert "_local" not in clone.__dict__
+    assert "_local" not in clone.storage.__dict__
     out = bytearray(src.nbytes)
     clone.read_into(clone.data_offset, out)
     assert np.array_equal(np.frombuffer(out, dtype=np.int64), src)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import lazymem
-from lazymem.sources.retry import RETRY_DELAYS
+from lazymem.storage.retry import RETRY_DELAYS
 
 from .conftest import ROOT, assert_same_array
 

@@ -24,8 +24,9 @@ from typing import Protocol
 import numpy as np
 
 from lazymem.errors import TruncatedFileError
+from lazymem.storage import storage_errors
 
-from .frames import FramedSource, byte_view, storage_errors
+from .frames import FramedSource, byte_view
 
 __all__ = ["BatchFetcher", "MappedBatches", "PreadBatches", "local_batches"]
 
@@ -157,7 +158,7 @@ def local_batches(source: FramedSource, *, mapped: bool = True) -> BatchFetcher:
     Parameters
     ----------
     source : FramedSource
-        A source whose ``fs`` is fsspec's ``LocalFileSystem``.
+        A source whose object is a plain local file (``source.storage.is_local``).
     mapped : bool
         Use a mapping where the kernel supports ``MADV_POPULATE_READ``; else ``preadv``.
 

@@ -16,8 +16,7 @@ import sys
 from typing import Any
 
 from lazymem.errors import UnsupportedStorageError
-
-from .retry import http_status, with_retries
+from lazymem.storage import http_status, is_local_file, with_retries
 
 __all__ = ["REMOTE_MAX_IN_FLIGHT", "check_shareable", "default_max_in_flight", "share_whole_file_cache",
            "size_and_tail"]
@@ -136,9 +135,7 @@ def check_shareable(fs: Any, url: str) -> None:
 def default_max_in_flight(fs: Any) -> int | None:
     """Chunk loads of one array allowed to wait on storage at once: a bound for network
     filesystems, none (the monitor's worker count) for local files."""
-    from fsspec.implementations.local import LocalFileSystem
-
-    return None if isinstance(fs, LocalFileSystem) else REMOTE_MAX_IN_FLIGHT
+    return None if is_local_file(fs) else REMOTE_MAX_IN_FLIGHT
 
 
 def share_whole_file_cache(fs: Any) -> None:
