@@ -266,6 +266,7 @@ def test_open_costs_two_requests_and_fetch_coalesces(tmp_path: Path) -> None:
     assert len(CountingFileSystem.requests) == 1
 
 
+@pytest.mark.slow  # ~2 s
 def test_big_seek_table_needs_a_second_read(tmp_path: Path) -> None:
     path = str(tmp_path / "many.npy.zst")
     array = np.zeros(9000 * PAGE // 8)  # 9002 frames: the table (72 KiB) exceeds the 64 KiB tail read

@@ -8,6 +8,7 @@ import signal
 import subprocess
 
 import numpy as np
+import pytest
 
 import lazymem
 from lazymem.monitor.client import get_client
@@ -56,6 +57,7 @@ def _held(name: str) -> dict[str, int]:
 NOTHING = {"app fds": 0, "app maps": 0, "monitor fds": 0, "monitor maps": 0, "app regions": 0}
 
 
+@pytest.mark.slow  # ~2-10 s, 1,000 opens
 def test_opening_and_dropping_1000_arrays_leaks_nothing(field) -> None:
     path, src = field
     a = lazymem.open(path)  # start the monitor before counting
@@ -77,6 +79,7 @@ def test_opening_and_dropping_1000_arrays_leaks_nothing(field) -> None:
     assert _mappings() <= maps + 2  # allocator arenas may come and go; regions may not
 
 
+@pytest.mark.slow  # ~4.5 s
 def test_many_arrays_open_at_once(field) -> None:
     path, src = field
     arrays = [lazymem.open(path, readahead=0) for _ in range(1000)]
@@ -233,6 +236,7 @@ def _spawned_sum(arr: np.ndarray) -> float:
     return float(arr.sum(dtype=np.float64))
 
 
+@pytest.mark.slow  # ~1.5 s of interpreter starts
 def test_spawn_and_forkserver_receive_lazy_views(field) -> None:
     import multiprocessing
 

@@ -485,6 +485,7 @@ def test_a_readahead_scan_installs_every_chunk_once(tmp_path: Path) -> None:
         del a
 
 
+@pytest.mark.slow  # ~2.5 s with its teardown
 def test_load_faults_in_the_data_ahead_but_never_the_zero_chunks(tmp_path: Path) -> None:
     # lazymem.load faults a fresh output in ahead of its decoders (eager._Prefaulter), for outputs
     # of 32 MiB and more; the pages of zero frames must stay untouched, as the decoders leave them.
