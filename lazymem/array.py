@@ -23,8 +23,8 @@ from .mapped import MappedArray, map_npy
 from .monitor.client import get_client
 from .region import Region
 from .sources import absolute_url, open_source
-from .sources.remote import check_shareable, share_whole_file_cache
 from .storage import is_local_file
+from .storage.remote import check_shareable, share_whole_file_cache
 
 DEFAULT_CHUNK_BYTES = 4 * 2**20
 MAX_CHUNK_BYTES = 64 * 2**20

@@ -11,11 +11,11 @@ import fsspec
 
 from lazymem.errors import FormatError
 from lazymem.storage import StoredObject, checked_size, is_local_file, storage_errors
+from lazymem.storage.remote import size_and_tail
 
 from .frames import FramedSource, FrameTable
 from .npy_header import MAGIC_PREFIX, NpyHeader, npy_header_bytes, parse_npy_header
 from .raw_npy import RawNpyReader
-from .remote import size_and_tail
 from .seekable_zstd import (
     FOOTER_SIZE,
     SEEKABLE_MAGIC,

@@ -10,6 +10,8 @@ lazymem's.
 * :mod:`~lazymem.storage.local`: :func:`is_local_file`, the per-process descriptor.
 * :mod:`~lazymem.storage.retry`: what is sent again, and when.
 * :mod:`~lazymem.storage.errors`: missing object, failed fetch, short read.
+* :mod:`~lazymem.storage.remote`: what object stores need beyond fsspec (size and tail in one
+  request, one download cache for the app and the monitor, refusing ``memory://``).
 """
 
 from __future__ import annotations
