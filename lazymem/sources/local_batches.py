@@ -69,8 +69,7 @@ class MappedBatches:
 
     def __init__(self, source: FramedSource) -> None:
         self._source = source
-        with storage_errors(source.path):
-            self._fd = os.open(source.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._fd = source.storage.duplicate_descriptor()  # the inode the source read its table from
         try:
             self._check_size(source.size)
             self._map = mmap.mmap(self._fd, source.size, prot=mmap.PROT_READ)
@@ -128,8 +127,7 @@ class PreadBatches:
 
     def __init__(self, source: FramedSource) -> None:
         self._source = source
-        with storage_errors(source.path):
-            self._fd = os.open(source.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._fd = source.storage.duplicate_descriptor()  # the inode the source read its table from
         self._buffers = [np.empty(0, dtype=np.uint8), np.empty(0, dtype=np.uint8)]
         self._turn = 0
 

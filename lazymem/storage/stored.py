@@ -78,6 +78,22 @@ class StoredObject:
         """Whether the object is a plain local file (see :func:`~lazymem.storage.local.is_local_file`)."""
         return is_local_file(self.fs)
 
+    def duplicate_descriptor(self) -> int:
+        """A new descriptor (close-on-exec) on the same open file as reads use: a local file read
+        another way (mapped, ``preadv``) is still the inode this object has read from.
+
+        Raises
+        ------
+        ValueError
+            The object is not a plain local file.
+        ArrayNotFoundError
+            The file is gone (and was never opened).
+        """
+        local = self._local_file()
+        if local is None:
+            raise ValueError(f"{self.path}: not a plain local file")
+        return os.dup(local.fd)
+
     def _local_file(self) -> LocalFile | None:
         if not self.is_local:
             return None
