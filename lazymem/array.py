@@ -24,7 +24,8 @@ from .monitor.client import get_client
 from .region import Region
 from .sources import absolute_url, open_source
 from .sources.flat import choose_unit_bytes
-from .sources.remote import check_shareable, share_whole_file_cache
+from .storage import is_local_file
+from .storage.remote import check_shareable, share_whole_file_cache
 
 DEFAULT_READAHEAD = 8  # chunks; the window grows up to this on sequential access
 REMOTE_READAHEAD = 16  # over a network each window ends with one fault that waits a round trip
@@ -383,7 +384,7 @@ def open(
     if max_in_flight is not None and (isinstance(max_in_flight, bool) or int(max_in_flight) < 1):
         raise ValueError(f"max_in_flight must be a positive int (got {max_in_flight!r})")
     header = reader.header
-    if reader.format_name == "npy" and _is_local(reader.fs) and header.nbytes:
+    if reader.format_name == "npy" and reader.storage.is_local and header.nbytes:
         # An uncompressed local .npy: the kernel's own page cache and mmap beat anything we could
         # do (no fault round trips, readahead for free). Same read-only ndarray contract.
         return map_npy(reader.path, url)  # type: ignore[return-value]
@@ -439,13 +440,7 @@ def _readahead(requested: int | None, fs: Any) -> int:
         if isinstance(requested, bool) or int(requested) < 0:
             raise ValueError(f"readahead must be a non-negative int (got {requested!r})")
         return int(requested)
-    return DEFAULT_READAHEAD if _is_local(fs) else REMOTE_READAHEAD
-
-
-def _is_local(fs: Any) -> bool:
-    from fsspec.implementations.local import LocalFileSystem
-
-    return isinstance(fs, LocalFileSystem)
+    return DEFAULT_READAHEAD if is_local_file(fs) else REMOTE_READAHEAD
 
 
 def stats(arr: np.ndarray) -> Stats:

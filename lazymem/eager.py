@@ -19,7 +19,6 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from fsspec.implementations.local import LocalFileSystem
 
 from lazymem.kernel import userfaultfd as uffd
 from lazymem.sources import open_source
@@ -169,7 +168,7 @@ def read_array(source: FramedSource, *, threads: int | None = None, out: np.ndar
     indices = [i for i in source.table.frames_for(data_start, data_start + header.nbytes) if sizes[i] > 0]
     threads = max(1, min(threads or os.cpu_count() or 1, len(indices)))
     batches = _batches(source, indices, BATCH_BYTES)
-    local = local_batches(source) if isinstance(source.fs, LocalFileSystem) else None
+    local = local_batches(source) if source.storage.is_local else None
     # A fresh output is faulted in ahead of the decoders (a given `out` is the caller's, touched).
     prefault = _Prefaulter(source, indices, data_start, out) if zeroed and out.nbytes >= PREFAULT_STEP else None
     try:

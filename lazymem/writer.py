@@ -27,15 +27,14 @@ from typing import Any, BinaryIO
 import fsspec
 import numpy as np
 import zstandard
-from fsspec.implementations.local import LocalFileSystem
 
 from lazymem.config import parse_size
 from lazymem.errors import UnsupportedDtypeError
-from lazymem.sources.frames import storage_errors
 from lazymem.sources.layout_frame import layout_frame
 from lazymem.sources.npy_header import npy_header_bytes
 from lazymem.sources.seekable_zstd import MAX_FRAMES, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC
 from lazymem.sources.zero_frames import zero_frame
+from lazymem.storage import is_local_file, storage_errors
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "save", "seek_table_bytes"]
 
@@ -369,7 +368,7 @@ def save(
     fortran_order = bool(data.flags.f_contiguous and not data.flags.c_contiguous)
     header = npy_header_bytes(data.dtype, data.shape, fortran_order)
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    target = _local_target(path) if isinstance(fs, LocalFileSystem) else _remote_target(fs, path)
+    target = _local_target(path) if is_local_file(fs) else _remote_target(fs, path)
     with target as out:
         chunks = _data_chunks(data, fortran_order, chunk_bytes)
         compressed, decompressed = _write_frames(out, header, _frames(chunks, frame_bytes), level, threads)

@@ -9,9 +9,11 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
+from fsspec.implementations.local import LocalFileSystem
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -27,6 +29,18 @@ def field(tmp_path: Path) -> tuple[str, np.ndarray]:
     path = str(tmp_path / "field.npy.zst")
     lazymem.save(path, src, chunk_bytes=2**20)
     return path, src
+
+
+class CountingFileSystem(LocalFileSystem):
+    """The real local filesystem, counting the byte-range requests made through it (being a
+    subclass, it is not a plain local file: lazymem reads through it, never past it)."""
+
+    protocol = "countingfile"
+    requests: ClassVar[list[tuple[int | None, int | None]]] = []
+
+    def cat_file(self, path, start=None, end=None, **kwargs):  # type: ignore[no-untyped-def]
+        type(self).requests.append((start, end))
+        return super().cat_file(path, start=start, end=end, **kwargs)
 
 
 def run_python(code: str, *, env: dict[str, str] | None = None, prefix: list[str] | None = None,
@@ -60,12 +74,20 @@ def wait_for_exit(pid: int, timeout: float = 30.0) -> bool:
 
 
 def assert_same_array(got: np.ndarray, want: np.ndarray) -> None:
-    """Byte-for-byte equality plus dtype, shape and memory order."""
-    assert got.dtype == want.dtype
-    assert got.shape == want.shape
-    assert np.asarray(got).tobytes(order="A") == np.asarray(want).tobytes(order="A") or (
-        np.asarray(got).tobytes() == np.asarray(want).tobytes()
-    )
+    """Byte-for-byte equality plus dtype, shape and memory order.
+
+    Memory order is compared where it exists: with two or more dimensions of more than one
+    element each, a C-contiguous and an F-contiguous array of equal values are different arrays
+    (a reader that ignores ``fortran_order`` returns the transpose's bytes in C order).
+    """
+    assert got.dtype == want.dtype, (got.dtype, want.dtype)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    if got.ndim >= 2 and all(n > 1 for n in got.shape):
+        got_order = (got.flags.c_contiguous, got.flags.f_contiguous)
+        want_order = (want.flags.c_contiguous, want.flags.f_contiguous)
+        assert got_order == want_order, f"(C, F) contiguous: got {got_order}, want {want_order}"
+    # order="A": each array's own memory order (the same for both, checked above).
+    assert np.asarray(got).tobytes(order="A") == np.asarray(want).tobytes(order="A")
 
 
 # -- remote storage: real servers in their own processes, on loopback, port 0 (tests/remote.py) ---------

@@ -280,6 +280,7 @@ def test_empty_and_zero_dimensional(tmp_path: Path) -> None:
         assert np.array_equal(a, src)
 
 
+@pytest.mark.slow  # ~5 s
 def test_huge_virtual_array_opens_instantly_and_costs_only_what_is_touched(tmp_path: Path) -> None:
     # 4 GiB of zeros compresses to a few hundred KiB; opening it maps 4 GiB of address space only.
     path = str(tmp_path / "zeros.npy.zst")

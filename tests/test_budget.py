@@ -78,6 +78,7 @@ def test_full_scan_of_an_array_four_times_its_budget_stays_within_it(big) -> Non
     assert int(peak) <= 16 * MiB + 12 * MiB, f"peak {int(peak) / MiB:.1f} MiB over the starting RSS"
 
 
+@pytest.mark.slow  # ~2 s
 def test_values_stay_right_when_threads_touch_evicted_and_resident_chunks(big) -> None:
     path, src = big
     a = lazymem.open(path, max_resident=4 * MiB, readahead=2)
@@ -146,6 +147,7 @@ def test_a_bad_environment_variable_is_named(big, monkeypatch: pytest.MonkeyPatc
         lazymem.open(big[0])
 
 
+@pytest.mark.slow  # ~18 s
 def test_huge_array_open_costs_only_what_is_touched(tmp_path: Path) -> None:
     path = str(tmp_path / "zeros16.npy.zst")
     lazymem.save(path, np.broadcast_to(np.float64(0), (2**31,)), chunk_bytes=64 * MiB)  # 16 GiB

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import lazymem
 
@@ -44,6 +45,7 @@ def test_verify_reports_corruption(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "lazymem:" in missing.stderr
 
 
+@pytest.mark.slow  # ~2 s of interpreter starts
 def test_help_version_and_python_dash_m(tmp_path: Path) -> None:
     for args in (["--help"], ["info", "--help"], ["convert", "--help"], ["verify", "--help"]):
         result = _cli(*args, module="lazymem")

@@ -12,13 +12,11 @@ import struct
 import subprocess
 import uuid
 from pathlib import Path
-from typing import ClassVar
 
 import fsspec
 import numpy as np
 import pytest
 import zstandard
-from fsspec.implementations.local import LocalFileSystem
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -32,7 +30,7 @@ from lazymem.sources.frames import FrameTable
 from lazymem.sources.local_batches import MappedBatches, PreadBatches, local_batches
 from lazymem.writer import _frame_bytes, save, seek_table_bytes
 
-from .conftest import rewrite_layout_frame
+from .conftest import CountingFileSystem, rewrite_layout_frame
 
 pyzstd = pytest.importorskip("pyzstd")
 
@@ -250,17 +248,6 @@ def test_fetch_and_decompress_frames(unaligned_files: dict[str, str]) -> None:
 # -- request counts ---------------------------------------------------------------------------------
 
 
-class CountingFileSystem(LocalFileSystem):
-    """The real local filesystem, counting the byte-range requests made through it."""
-
-    protocol = "countingfile"
-    requests: ClassVar[list[tuple[int | None, int | None]]] = []
-
-    def cat_file(self, path, start=None, end=None, **kwargs):  # type: ignore[no-untyped-def]
-        type(self).requests.append((start, end))
-        return super().cat_file(path, start=start, end=end, **kwargs)
-
-
 def test_open_costs_two_requests_and_fetch_coalesces(tmp_path: Path) -> None:
     path = str(tmp_path / "c.npy.zst")
     save(path, np.arange(50_000, dtype="<f8"), chunk_bytes=PAGE)
@@ -279,6 +266,7 @@ def test_open_costs_two_requests_and_fetch_coalesces(tmp_path: Path) -> None:
     assert len(CountingFileSystem.requests) == 1
 
 
+@pytest.mark.slow  # ~2 s
 def test_big_seek_table_needs_a_second_read(tmp_path: Path) -> None:
     path = str(tmp_path / "many.npy.zst")
     array = np.zeros(9000 * PAGE // 8)  # 9002 frames: the table (72 KiB) exceeds the 64 KiB tail read

@@ -369,6 +369,7 @@ def _touch_in_children(pairs: list[tuple[Path, Path]], zero_copy: bool, readahea
 # -- the campaign -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the campaign: 4-18 s per file kind
 @pytest.mark.skipif(shutil.which("zstd") is None, reason="the zstd command line is the oracle")
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_mutant_reads_right_or_fails_loudly(tmp_path: Path, kind: str) -> None:

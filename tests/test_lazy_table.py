@@ -86,6 +86,7 @@ def test_a_pickled_lazy_table_keeps_the_blocks_read_and_reads_the_others(big_tab
     assert _loaded(clone) == [0, 4, 9]
 
 
+@pytest.mark.slow  # ~2 s
 def test_lazy_open_load_and_prefetch_give_the_saved_bytes(big_table) -> None:
     path, src = big_table
     a = lazymem.open(path, chunk_bytes=64 * PAGE)  # 4 KiB chunks would take 10k faults to read
@@ -191,6 +192,7 @@ def test_an_index_that_lies_with_a_sound_crc_is_an_error_where_it_is_used(big_ta
             a.prefetch(np.s_[(block * BLOCK + 5) * PAGE])
 
 
+@pytest.mark.slow  # ~1.5 s
 def test_files_without_an_index_read_the_whole_table_as_before(big_table, tmp_path: Path) -> None:
     from lazymem.sources.layout_frame import layout_frame
 
@@ -201,6 +203,7 @@ def test_files_without_an_index_read_the_whole_table_as_before(big_table, tmp_pa
     assert_same_array(lazymem.load(path), src)
 
 
+@pytest.mark.slow  # ~2.5 s
 def test_a_lazy_table_over_http(http_store, big_table) -> None:
     path, src = big_table
     (http_store.dir / "many.npy.zst").write_bytes(Path(path).read_bytes())
@@ -215,6 +218,7 @@ def test_a_lazy_table_over_http(http_store, big_table) -> None:
     assert_same_array(lazymem.load(url), src)
 
 
+@pytest.mark.slow  # ~5 s
 def test_a_lazy_table_over_s3(s3_store, big_table) -> None:
     import fsspec
 

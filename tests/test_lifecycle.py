@@ -8,8 +8,11 @@ import signal
 import subprocess
 
 import numpy as np
+import pytest
 
 import lazymem
+from lazymem.monitor.client import get_client
+from lazymem.region import live_regions
 
 from .conftest import run_python, wait_for_exit
 
@@ -23,30 +26,69 @@ def _mappings() -> int:
         return sum(1 for _ in f)
 
 
+def _memfds(pid: int | str, name: str) -> int:
+    """Descriptors process ``pid`` holds on the memfds of arrays opened from ``name``."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:  # closed since the listing (the listing's own descriptor)
+            continue
+        count += target.startswith("/memfd:lazymem:") and name in target
+    return count
+
+
+def _memfd_maps(pid: int | str, name: str) -> int:
+    """Mappings in process ``pid`` of the memfds of arrays opened from ``name``."""
+    with open(f"/proc/{pid}/maps") as f:
+        return sum(1 for line in f if "/memfd:lazymem:" in line and name in line)
+
+
+def _held(name: str) -> dict[str, int]:
+    """What this process and the monitor hold of arrays opened from ``name`` (the monitor maps a
+    region's memfd while it installs into it, and keeps the memfd until the region is closed)."""
+    monitor = get_client().monitor_pid
+    return {"app fds": _memfds("self", name), "app maps": _memfd_maps("self", name),
+            "monitor fds": _memfds(monitor, name), "monitor maps": _memfd_maps(monitor, name),
+            "app regions": sum(r.memfd >= 0 and name in os.readlink(f"/proc/self/fd/{r.memfd}")
+                               for r in live_regions())}
+
+
+NOTHING = {"app fds": 0, "app maps": 0, "monitor fds": 0, "monitor maps": 0, "app regions": 0}
+
+
+@pytest.mark.slow  # ~2-10 s, 1,000 opens
 def test_opening_and_dropping_1000_arrays_leaks_nothing(field) -> None:
     path, src = field
     a = lazymem.open(path)  # start the monitor before counting
     a[0, 0]
     del a
     gc.collect()
+    assert _held(path) == NOTHING
     fds, maps = _fds(), _mappings()
     for i in range(1000):
         a = lazymem.open(path, readahead=0)
         if i % 100 == 0:
             assert a[i, 3] == src[i, 3]
+            held = _held(path)  # the counters see an open array (so they can see a leaked one)
+            assert (held["app fds"], held["app maps"], held["monitor fds"]) == (1, 1, 1), held
         del a
     gc.collect()
+    assert _held(path) == NOTHING
     assert _fds() == fds
     assert _mappings() <= maps + 2  # allocator arenas may come and go; regions may not
 
 
+@pytest.mark.slow  # ~4.5 s
 def test_many_arrays_open_at_once(field) -> None:
     path, src = field
     arrays = [lazymem.open(path, readahead=0) for _ in range(1000)]
     for i, a in enumerate(arrays):
         assert a[i, i] == src[i, i]
-    del arrays
+    assert _held(path)["monitor fds"] == 1000
+    del arrays, a
     gc.collect()
+    assert _held(path) == NOTHING
 
 
 def test_monitor_exits_when_the_app_exits_normally() -> None:
@@ -194,6 +236,7 @@ def _spawned_sum(arr: np.ndarray) -> float:
     return float(arr.sum(dtype=np.float64))
 
 
+@pytest.mark.slow  # ~1.5 s of interpreter starts
 def test_spawn_and_forkserver_receive_lazy_views(field) -> None:
     import multiprocessing
 

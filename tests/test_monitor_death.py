@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import lazymem
 
@@ -56,6 +57,7 @@ def _expected(src: np.ndarray) -> float:
     return total
 
 
+@pytest.mark.slow  # ~2 s
 def test_monitor_killed_while_serving_a_fault_is_replaced(tmp_path: Path) -> None:
     src = np.random.default_rng(7).standard_normal(2**21)  # 16 MiB, 64 chunks of 256 KiB
     lazymem.save(str(tmp_path / "x.npy.zst"), src, chunk_bytes=2**18)

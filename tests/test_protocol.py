@@ -128,6 +128,7 @@ def test_end_of_stream_in_a_message_is_eof_and_leaks_nothing(cut: str) -> None:
     assert _fds() == before - 1  # all but the message's own memfd, closed with it
 
 
+@pytest.mark.slow  # ~3 s
 def test_the_journal_keeps_a_big_frame_table_across_a_monitor_restart(tmp_path: Path) -> None:
     """A register request whose frame table went out of band: the supervisor keeps its memfd,
     a new worker rebuilds the reader from it, and nothing is leaked on either side."""

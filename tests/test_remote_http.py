@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import lazymem
-from lazymem.sources.retry import RETRY_DELAYS
+from lazymem.storage.retry import RETRY_DELAYS
 
 from .conftest import ROOT, assert_same_array
 
@@ -98,6 +98,7 @@ def test_a_sparse_reader_fetches_only_what_it_touches(http_store) -> None:
     assert lazymem.stats(a).chunks_present == len(touched)
 
 
+@pytest.mark.slow  # ~2 s of retry delays
 def test_transient_503s_are_retried_for_open_load_and_faults(http_store) -> None:
     src = _walk(4 * PER_CHUNK)
     url = http_store.put("flaky.npy.zst", src, chunk_bytes=CHUNK)
@@ -124,6 +125,7 @@ def test_dropped_connections_are_retried(http_store) -> None:
     assert_same_array(lazymem.load(url), src)
 
 
+@pytest.mark.slow  # ~2.5 s of retry delays
 def test_prefetch_raises_once_retries_are_spent_and_at_once_for_4xx(http_store) -> None:
     url = http_store.put("down.npy.zst", _walk(4 * PER_CHUNK), chunk_bytes=CHUNK)
     a = lazymem.open(url, readahead=0)
@@ -149,7 +151,7 @@ def test_open_of_a_missing_url_raises_array_not_found(http_store) -> None:
         lazymem.open(f"{http_store.url}/empty.npy.zst")  # the suffix range gets 416 "bytes */0"
 
 
-@pytest.mark.parametrize("failure", ["404", "503 for ever"])
+@pytest.mark.parametrize("failure", ["404", pytest.param("503 for ever", marks=pytest.mark.slow)])  # retry delays
 def test_a_permanent_failure_during_transparent_access_is_sigbus_with_a_message(http_store, failure) -> None:
     src = _walk(4 * PER_CHUNK)
     url = http_store.put("gone.npy.zst", src, chunk_bytes=CHUNK)

@@ -57,6 +57,7 @@ def test_sequential_scan_keeps_several_requests_in_flight(s3_store) -> None:
     assert 4 <= state["max_in_flight"] <= 9, state
 
 
+@pytest.mark.slow  # ~4 s of retry delays
 def test_transient_errors_are_retried(s3_store) -> None:
     options = s3_store.storage_options
     src = _data(4)

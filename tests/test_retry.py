@@ -13,7 +13,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 import lazymem
-from lazymem.sources.retry import RETRY_DELAYS, http_status, is_transient, with_retries
+from lazymem.storage.retry import RETRY_DELAYS, http_status, is_transient, with_retries
 
 
 def _response_error(status: int) -> aiohttp.ClientResponseError:
@@ -58,7 +58,7 @@ def test_http_status_reads_the_chain() -> None:
 
 
 def test_with_retries_stops_at_a_permanent_error_and_after_the_last_delay(monkeypatch) -> None:
-    monkeypatch.setattr("lazymem.sources.retry.RETRY_DELAYS", (0.0,) * len(RETRY_DELAYS))  # no waiting here
+    monkeypatch.setattr("lazymem.storage.retry.RETRY_DELAYS", (0.0,) * len(RETRY_DELAYS))  # no waiting here
     calls = []
 
     def flaky(fail: list[BaseException]) -> str:

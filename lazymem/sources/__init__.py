@@ -10,11 +10,12 @@ from typing import Any
 import fsspec
 
 from lazymem.errors import FormatError
+from lazymem.storage import StoredObject, checked_size, is_local_file, storage_errors
+from lazymem.storage.remote import size_and_tail
 
-from .frames import FramedSource, FrameTable, storage_errors
+from .frames import FramedSource, FrameTable
 from .npy_header import MAGIC_PREFIX, NpyHeader, npy_header_bytes, parse_npy_header
 from .raw_npy import RawNpyReader
-from .remote import size_and_tail
 from .seekable_zstd import (
     FOOTER_SIZE,
     SEEKABLE_MAGIC,
@@ -71,9 +72,7 @@ def absolute_url(url: str) -> str:
 def _full_path(fs: Any, path: str, url: str) -> str:
     """``path`` with its protocol (``s3://bucket/key``, not ``bucket/key``) for object stores, so that
     every message names the object as the user wrote it; their filesystems accept both forms."""
-    from fsspec.implementations.local import LocalFileSystem
-
-    if isinstance(fs, LocalFileSystem) or "::" in url or "://" in path:
+    if is_local_file(fs) or "::" in url or "://" in path:
         return path  # local, chained caches (their path is the cache's), HTTP (a URL already)
     return str(fs.unstrip_protocol(path))
 
@@ -110,19 +109,15 @@ def open_source(url: str, storage_options: dict[str, Any] | None = None) -> Fram
     path = _full_path(fs, path, url)
     with storage_errors(path):
         # HTTP and S3: one suffix-range GET gives the size and the tail (no HEAD first).
-        size, tail = size_and_tail(fs, path, TAIL_READ)
-    if size is None:
-        raise FormatError(f"{path}: storage does not report the object's size")
-    if size == 0:
-        raise FormatError(f"{path}: the file is empty")
-    probe = SeekableZstdReader.__new__(SeekableZstdReader)
-    probe.fs, probe.path, probe.size = fs, path, size
+        reported, tail = size_and_tail(fs, path, TAIL_READ)
+    size = checked_size(path, reported)
+    storage = StoredObject(fs, path, size)
     # The tail is needed anyway for a seekable file, and tells it apart in the same request.
     if tail is None:
-        tail = probe._cat(size - min(size, TAIL_READ), size)
+        tail = storage.read(size - min(size, TAIL_READ), size)
     if len(tail) >= FOOTER_SIZE and int.from_bytes(tail[-4:], "little") == SEEKABLE_MAGIC:
-        return SeekableZstdReader.open(fs, path, size, tail=tail)
-    head = tail[:16] if len(tail) == size else probe._cat(0, min(size, 16))
+        return SeekableZstdReader.from_storage(storage, tail=tail)
+    head = tail[:16] if len(tail) == size else storage.read(0, min(size, 16))
     if head[: len(MAGIC_PREFIX)] == MAGIC_PREFIX:
-        return RawNpyReader.open(fs, path, size, head=tail if len(tail) == size else None)
+        return RawNpyReader.from_storage(storage, head=tail if len(tail) == size else None)
     raise FormatError(f"{path}: cannot read this file: {_describe_start(head)}")

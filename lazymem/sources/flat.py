@@ -92,11 +92,10 @@ class FlatSource(Source):
 
     @property
     def hints(self) -> SourceHints:
-        from fsspec.implementations.local import LocalFileSystem
+        from ..storage import is_local_file
+        from ..storage.remote import default_max_in_flight
 
-        from .remote import default_max_in_flight
-
-        local = isinstance(self.reader.fs, LocalFileSystem)
+        local = is_local_file(self.reader.fs)
         return SourceHints(remote=not local, max_in_flight=default_max_in_flight(self.reader.fs),
                            local_path=self.reader.path if local else None, unit_bytes=self.reader.chunk_bytes_hint)
 

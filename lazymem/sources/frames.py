@@ -1,10 +1,12 @@
-"""What every source shares: a table of frames, coalesced range fetches, assembling byte ranges.
+"""What every source shares: a table of frames, and assembling stream ranges from frames.
 
 A *source* presents an object in storage as a flat decompressed stream (a complete ``.npy`` file)
 cut into frames. Each frame is one contiguous range of stored bytes that decodes, on its own, into
 one contiguous range of the stream. Seekable zstd files have real frames; a plain ``.npy`` file gets
 synthetic ones (stored bytes = stream bytes). The monitor and the eager loader only ever see this
-interface: ``table``, ``fetch``, ``decompress_into``, ``is_zero_frame`` and ``read_into``.
+interface: ``table``, ``fetch``, ``decompress_into``, ``is_zero_frame`` and ``read_into``. The
+stored bytes come through a :class:`~lazymem.storage.StoredObject` (requests, retries, local
+descriptors and storage errors live in :mod:`lazymem.storage`).
 
 The integrity contract every source keeps (seekable zstd today; zarr shard indexes and HDF5 chunk
 indexes are held to the same rules):
@@ -27,24 +29,18 @@ indexes are held to the same rules):
 from __future__ import annotations
 
 import os
-import sys
 import threading
-import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from functools import cached_property, partial
 from typing import Any, Protocol, cast
 
 import numpy as np
-from fsspec.implementations.local import LocalFileSystem
 
-from lazymem.errors import ArrayNotFoundError, FetchError, FormatError, LazymemError, TruncatedFileError
+from lazymem.storage import StoredObject
 
 from .npy_header import NpyHeader
-from .retry import cat_ranges_with_retries, with_retries
 
-__all__ = ["FrameTable", "FramedSource", "byte_view", "storage_errors"]
+__all__ = ["FrameTable", "FramedSource", "byte_view"]
 
 
 def _frozen_sizes(values: Any) -> np.ndarray:
@@ -437,76 +433,12 @@ def byte_view(buffer: Any) -> memoryview:
     return view
 
 
-def object_size(fs: Any, path: str, size: int | None = None) -> int:
-    """The object's stored size (asking storage unless given); empty or unsized objects are refused."""
-    if size is None:
-        with storage_errors(path):
-            size = fs.size(path)
-        if size is None:
-            raise FormatError(f"{path}: storage does not report the object's size")
-    size = int(size)
-    if size == 0:
-        raise FormatError(f"{path}: the file is empty")
-    return size
-
-
-def _client_errors() -> tuple[type[BaseException], ...]:
-    # aiohttp's and botocore's errors are not OSErrors; only look if a backend already imported them.
-    types: list[type[BaseException]] = [OSError]
-    aiohttp = sys.modules.get("aiohttp")
-    if aiohttp is not None:
-        types.append(aiohttp.ClientError)
-    botocore = sys.modules.get("botocore.exceptions")
-    if botocore is not None:
-        types += [botocore.BotoCoreError, botocore.ClientError]
-    return tuple(types)
-
-
-@contextmanager
-def storage_errors(path: str, action: str = "reading") -> Iterator[None]:
-    """Translate storage exceptions into lazymem's: missing object, or failed fetch (cause chained)."""
-    try:
-        yield
-    except LazymemError:
-        raise
-    except FileNotFoundError as exc:
-        raise ArrayNotFoundError(f"{path}: no such file or object ({exc})") from exc
-    except _client_errors() as exc:
-        raise FetchError(f"{action} {path} failed: {type(exc).__name__}: {exc}") from exc
-
-
 def _as_bytes(view: memoryview) -> bytes:
     # A view spanning a whole bytes blob costs nothing to return as the blob itself.
     blob = view.obj
     if isinstance(blob, bytes) and len(view) == len(blob):
         return blob
     return view.tobytes()
-
-
-class _LocalFile:
-    """A descriptor on a local file, opened once per process: ``pread`` of a 1.6 MB frame costs
-    0.3 ms where fsspec's ``cat_file`` (open, seek, read, close) costs 1.3 ms. Reading one inode for
-    the source's life is also what ``np.memmap`` does: a file replaced while an array is open is not
-    mixed into it (one deleted before the first read is still an ``ArrayNotFoundError``)."""
-
-    def __init__(self, path: str) -> None:
-        self.pid = os.getpid()
-        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        self._finalizer = weakref.finalize(self, os.close, self.fd)
-
-    def read(self, start: int, end: int) -> bytes:
-        data = os.pread(self.fd, end - start, start)
-        if len(data) < end - start:  # at the end of the file, or a huge range: the caller checks
-            parts = [data]
-            done = len(data)
-            while done < end - start:
-                part = os.pread(self.fd, end - start - done, start + done)
-                if not part:
-                    break
-                parts.append(part)
-                done += len(part)
-            data = b"".join(parts)
-        return data
 
 
 def _run_together(jobs: list[Callable[[], None]]) -> None:
@@ -537,50 +469,11 @@ def _run_together(jobs: list[Callable[[], None]]) -> None:
         raise errors[0]
 
 
-def local_file(owner: Any, fs: Any, path: str) -> _LocalFile | None:
-    """The descriptor ``owner`` reads local file ``path`` through (opened on first use, one per
-    process, kept in ``owner.__dict__``; pickling must drop it), or None for other filesystems."""
-    if type(fs) is not LocalFileSystem:  # subclasses may do more in cat_file (count, fail)
-        return None
-    local = owner.__dict__.get("_local")
-    if local is None or local.pid != os.getpid():
-        with storage_errors(path):
-            local = owner.__dict__["_local"] = _LocalFile(path)
-    return cast(_LocalFile, local)
-
-
-def read_exactly(owner: Any, fs: Any, path: str, size: int, start: int, end: int) -> bytes:
-    """Stored bytes ``[start, end)`` of ``path``, exactly, in one request (sent again on
-    transient errors); a local file through ``owner``'s descriptor (see :func:`local_file`)."""
-    local = local_file(owner, fs, path)
-    with storage_errors(path):
-        data = local.read(start, end) if local is not None else with_retries(fs.cat_file, path, start=start, end=end)
-    check_length(data, path, size, start, end)
-    return data
-
-
-def check_length(data: bytes, path: str, size: int, start: int, end: int) -> None:
-    if len(data) != end - start:
-        raise TruncatedFileError(
-            f"{path}: asked storage for bytes [{start}, {end}) and got {len(data)} bytes; "
-            f"the object is shorter than its {size} bytes (truncated or changed while open?)"
-        )
-
-
-@dataclass(frozen=True)
-class _Run:
-    """One request: stored bytes ``[start, end)`` holding some of the wanted frames."""
-
-    start: int
-    end: int
-    frames: tuple[int, ...]
-
-
 class FramedSource:
-    """Base of every source: frame bookkeeping, range fetches and range assembly.
+    """Base of every source: frame bookkeeping, fetching frames, assembling stream ranges.
 
     Subclasses set the attributes in ``__init__`` and implement :meth:`decompress_into`.
-    Instances hold only the filesystem, plain values and numpy arrays, so they pickle cheaply and
+    Instances hold only their storage object, plain values and numpy arrays, so they pickle cheaply and
     work in another process (the monitor receives them pickled).
     """
 
@@ -588,12 +481,8 @@ class FramedSource:
     chunk_bytes_hint: int | None = None
     """The chunk size the writer chose (files written by :func:`lazymem.save` name it), if known."""
 
-    fs: Any
-    """The fsspec filesystem."""
-    path: str
-    """Path of the object on ``fs``."""
-    size: int
-    """Stored size of the object in bytes."""
+    storage: StoredObject
+    """The object the frames are stored in (every read goes through it)."""
     table: FrameTable
     """Where the frames lie."""
     header: NpyHeader
@@ -601,10 +490,8 @@ class FramedSource:
     stream_size: int
     """Length of the decompressed stream (header plus data)."""
 
-    def __init__(self, fs: Any, path: str, size: int, table: FrameTable, header: NpyHeader) -> None:
-        self.fs = fs
-        self.path = path
-        self.size = size
+    def __init__(self, storage: StoredObject, table: FrameTable, header: NpyHeader) -> None:
+        self.storage = storage
         self.table = table
         self.header = header
         self.stream_size = table.decompressed_total
@@ -617,56 +504,26 @@ class FramedSource:
         )
 
     @property
+    def fs(self) -> Any:
+        """The fsspec filesystem holding the object."""
+        return self.storage.fs
+
+    @property
+    def path(self) -> str:
+        """Path of the object on ``fs``."""
+        return self.storage.path
+
+    @property
+    def size(self) -> int:
+        """Stored size of the object in bytes."""
+        return self.storage.size
+
+    @property
     def data_offset(self) -> int:
         """Stream offset of the first data byte (after the ``.npy`` header)."""
         return self.header.data_offset
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state.pop("_local", None)  # an open descriptor belongs to one process
-        return state
-
     # -- fetching -------------------------------------------------------------------------------
-
-    def _local_file(self) -> _LocalFile | None:
-        return local_file(self, self.fs, self.path)
-
-    def _cat(self, start: int, end: int) -> bytes:
-        """Stored bytes ``[start, end)``, exactly, in one request (sent again on transient errors)."""
-        return read_exactly(self, self.fs, self.path, self.size, start, end)
-
-    def _check_length(self, data: bytes, start: int, end: int) -> None:
-        check_length(data, self.path, self.size, start, end)
-
-    def _cat_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        """Several ranges; async filesystems fetch them concurrently (failed ones again, alone)."""
-        if len(ranges) == 1 or type(self.fs) is LocalFileSystem:
-            return [self._cat(start, end) for start, end in ranges]
-        with storage_errors(self.path):
-            results = cat_ranges_with_retries(self.fs, self.path, ranges)
-        for data, (start, end) in zip(results, ranges):
-            self._check_length(data, start, end)
-        return results
-
-    def _plan_runs(self, indices: Sequence[int], max_gap: int, max_run_bytes: int | None) -> list[_Run]:
-        """Group frames into requests: adjacent frames (or ones a small gap apart) share a request."""
-        runs: list[_Run] = []
-        members: list[int] = []
-        run_start = run_end = 0
-        ordered = sorted(set(indices))
-        for index, start in zip(ordered, self.table.compressed_offsets_of(ordered)):
-            end = start + self.table.compressed_size(index)
-            too_big = max_run_bytes is not None and end - run_start > max_run_bytes
-            if members and start - run_end <= max_gap and not too_big:
-                members.append(index)
-                run_end = end
-                continue
-            if members:
-                runs.append(_Run(run_start, run_end, tuple(members)))
-            members, run_start, run_end = [index], start, end
-        if members:
-            runs.append(_Run(run_start, run_end, tuple(members)))
-        return runs
 
     def fetch_views(
         self, indices: Sequence[int], *, max_gap: int = 0, max_run_bytes: int | None = None
@@ -692,21 +549,18 @@ class FramedSource:
         for index in indices:
             if not 0 <= index < n:
                 raise IndexError(f"frame index {index} out of range (the object has {n} frames)")
-        runs = self._plan_runs(indices, max_gap, max_run_bytes)
-        blobs = self._cat_ranges([(run.start, run.end) for run in runs])
-        by_index: dict[int, memoryview] = {}
-        for run, blob in zip(runs, blobs):
-            view = memoryview(blob)
-            for index, offset in zip(run.frames, self.table.compressed_offsets_of(run.frames)):
-                start = offset - run.start
-                by_index[index] = view[start : start + self.table.compressed_size(index)]
+        ordered = sorted(set(indices))  # in order: offsets of neighbours come from one cumsum
+        ranges = [(start, start + self.table.compressed_size(index))
+                  for index, start in zip(ordered, self.table.compressed_offsets_of(ordered))]
+        views = self.storage.read_ranges(ranges, max_gap=max_gap, max_run_bytes=max_run_bytes)
+        by_index = dict(zip(ordered, views))
         return [by_index[index] for index in indices]
 
     def fetch(self, frame_indices: Sequence[int]) -> list[bytes]:
         """Fetch the stored (compressed) bytes of some frames.
 
-        Contiguous frames are fetched in one request; separate runs go through ``fs.cat_ranges`` so
-        that async filesystems (S3, HTTP) fetch them concurrently.
+        Contiguous frames are fetched in one request; separate runs are fetched concurrently on
+        async filesystems (S3, HTTP): see :meth:`lazymem.storage.StoredObject.read_ranges`.
 
         Parameters
         ----------
@@ -870,7 +724,7 @@ class FramedSource:
         # of the chunk's 1.5 MB); over a network the whole chunk comes in one request. Frames
         # whose places still need proving come together: their headers are checked first.
         unproven = bool(span) and self.prove_needed(span[-1])
-        fetch(early if early and len(early) < len(indices) and self._local_file() is not None and not unproven
+        fetch(early if early and len(early) < len(indices) and self.storage.is_local and not unproven
               else list(range(len(indices))))
         if unproven:
             have = {i: cast(memoryview, blob) for i, blob in zip(indices, blobs)}

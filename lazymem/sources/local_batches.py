@@ -24,8 +24,9 @@ from typing import Protocol
 import numpy as np
 
 from lazymem.errors import TruncatedFileError
+from lazymem.storage import storage_errors
 
-from .frames import FramedSource, byte_view, storage_errors
+from .frames import FramedSource, byte_view
 
 __all__ = ["BatchFetcher", "MappedBatches", "PreadBatches", "local_batches"]
 
@@ -68,8 +69,7 @@ class MappedBatches:
 
     def __init__(self, source: FramedSource) -> None:
         self._source = source
-        with storage_errors(source.path):
-            self._fd = os.open(source.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._fd = source.storage.duplicate_descriptor()  # the inode the source read its table from
         try:
             self._check_size(source.size)
             self._map = mmap.mmap(self._fd, source.size, prot=mmap.PROT_READ)
@@ -127,8 +127,7 @@ class PreadBatches:
 
     def __init__(self, source: FramedSource) -> None:
         self._source = source
-        with storage_errors(source.path):
-            self._fd = os.open(source.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._fd = source.storage.duplicate_descriptor()  # the inode the source read its table from
         self._buffers = [np.empty(0, dtype=np.uint8), np.empty(0, dtype=np.uint8)]
         self._turn = 0
 
@@ -157,7 +156,7 @@ def local_batches(source: FramedSource, *, mapped: bool = True) -> BatchFetcher:
     Parameters
     ----------
     source : FramedSource
-        A source whose ``fs`` is fsspec's ``LocalFileSystem``.
+        A source whose object is a plain local file (``source.storage.is_local``).
     mapped : bool
         Use a mapping where the kernel supports ``MADV_POPULATE_READ``; else ``preadv``.
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from lazymem.errors import CorruptChunkError, FormatError, TruncatedFileError
+from lazymem.storage import StoredObject
 
-from .frames import FramedSource, FrameTable, byte_view, object_size
+from .frames import FramedSource, FrameTable, byte_view
 from .npy_header import npy_header_length, parse_npy_header
 
 __all__ = ["RAW_FRAME_BYTES", "RawNpyReader"]
@@ -59,19 +60,25 @@ class RawNpyReader(FramedSource):
         FormatError, TruncatedFileError, HeaderError, UnsupportedDtypeError
             Not a valid ``.npy`` file, or one shorter than its header says.
         """
+        return cls.from_storage(StoredObject.open(fs, path, size), head=head, frame_bytes=frame_bytes)
+
+    @classmethod
+    def from_storage(cls, storage: StoredObject, *, head: bytes | None = None,
+                     frame_bytes: int = RAW_FRAME_BYTES) -> RawNpyReader:
+        """Like :meth:`open`, for an object already opened (``open_source`` read its start through it)."""
         if frame_bytes <= 0:
             raise ValueError(f"frame_bytes must be positive (got {frame_bytes})")
-        size = object_size(fs, path, size)
+        path, size = storage.path, storage.size
         self = cls.__new__(cls)
-        self.fs, self.path, self.size = fs, path, size
+        self.storage = storage
         if head is None or len(head) < min(size, 16):
-            head = self._cat(0, min(size, HEADER_PROBE))
+            head = self.storage.read(0, min(size, HEADER_PROBE))
         try:
             length = npy_header_length(head)
             if length > size:
                 raise TruncatedFileError(f".npy header is {length} bytes long but the file has only {size}")
             if length > len(head):
-                head = self._cat(0, length)
+                head = self.storage.read(0, length)
             header = parse_npy_header(head)
         except FormatError as exc:
             raise type(exc)(f"{path}: {exc}") from None
@@ -111,5 +118,5 @@ class RawNpyReader(FramedSource):
         if start < 0 or stop > self.stream_size:
             raise ValueError(f"range [{start}, {stop}) is outside the stream [0, {self.stream_size})")
         if view:
-            view[:] = self._cat(start, stop)
+            view[:] = self.storage.read(start, stop)
         return False

@@ -30,8 +30,9 @@ from lazymem.errors import (
     TruncatedFileError,
     UnverifiableDataWarning,
 )
+from lazymem.storage import StoredObject
 
-from .frames import BLOCK, FramedSource, FrameTable, block_sums, byte_view, object_size, read_exactly
+from .frames import BLOCK, FramedSource, FrameTable, block_sums, byte_view
 from .layout_frame import LAYOUT_FRAME_SIZE, MAX_LAYOUT_FRAME_SIZE, Layout, parse_layout_frame, rows_crcs
 from .npy_header import NpyHeader, npy_header_length, parse_npy_header
 from .positions import ProvenPositions, Trust
@@ -266,9 +267,9 @@ class SeekTableRows:
     wrong offsets. Safe to use from several threads; pickles the blocks read so far.
     """
 
-    def __init__(self, fs: Any, path: str, size: int, start: int, n_frames: int, entry_size: int,
+    def __init__(self, storage: StoredObject, start: int, n_frames: int, entry_size: int,
                  sums: tuple[np.ndarray, np.ndarray], crcs: np.ndarray | None = None) -> None:
-        self.fs, self.path, self.size = fs, path, size
+        self.storage = storage  # the source's own: pickled once with it, one descriptor per process
         self.start = start  # where entry 0 lies in the object
         self.entry_size = entry_size
         self.sums = sums
@@ -281,7 +282,7 @@ class SeekTableRows:
     def __getstate__(self) -> dict[str, Any]:
         blocks = np.flatnonzero(self.loaded)
         rows = [self.entries[b * BLOCK : (b + 1) * BLOCK] for b in blocks]
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_local", "_lock", "entries", "loaded")}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_lock", "entries", "loaded")}
         return {**state, "n_frames": len(self.entries), "blocks": blocks,
                 "rows": np.concatenate(rows) if rows else self.entries[:0]}
 
@@ -310,8 +311,7 @@ class SeekTableRows:
                 return
             first, last = int(missing[0]), int(missing[-1])
             lo, hi = first * BLOCK, min((last + 1) * BLOCK, len(self.entries))
-            data = read_exactly(self, self.fs, self.path, self.size, self.start + lo * self.entry_size,
-                                self.start + hi * self.entry_size)
+            data = self.storage.read(self.start + lo * self.entry_size, self.start + hi * self.entry_size)
             rows = np.frombuffer(data, dtype="<u4").reshape(hi - lo, -1)
             for block in range(first, last + 1):
                 if not self.loaded[block]:
@@ -324,14 +324,14 @@ class SeekTableRows:
         expected = (int(self.sums[0][block]), int(self.sums[1][block]))
         if got != expected:
             raise SeekTableError(
-                f"{self.path}: seek table entries {block * BLOCK}..{block * BLOCK + len(rows) - 1} sum to "
+                f"{self.storage.path}: seek table entries {block * BLOCK}..{block * BLOCK + len(rows) - 1} sum to "
                 f"{got[0]} stored and {got[1]} decompressed bytes, but the layout frame's index says "
                 f"{expected[0]} and {expected[1]}: the table or its index is corrupt"
             )
         if self.crcs is not None and int(rows_crcs(rows)[0]) != int(self.crcs[block]):
             raise SeekTableError(
-                f"{self.path}: seek table entries {block * BLOCK}..{block * BLOCK + len(rows) - 1} do not match "
-                "the CRC the layout frame keeps of them: the table is corrupt"
+                f"{self.storage.path}: seek table entries {block * BLOCK}..{block * BLOCK + len(rows) - 1} "
+                "do not match the CRC the layout frame keeps of them: the table is corrupt"
             )
         _check_entries(rows, block * BLOCK)
         self.entries[block * BLOCK : block * BLOCK + len(rows)] = rows
@@ -509,7 +509,7 @@ class _FrameRangeFile:
         if stop <= self._pos:
             return b""
         first = self._pos == self._start
-        data = self._source._cat(self._pos, stop)
+        data = self._source.storage.read(self._pos, stop)
         if first:
             self._source._note_checksum(data)
         self._pos = stop
@@ -566,13 +566,18 @@ class SeekableZstdReader(FramedSource):
         CorruptChunkError
             The frame holding the header does not decode.
         """
-        size = object_size(fs, path, size)
-        # A placeholder until the table is known: _cat needs only fs, path and size.
+        return cls.from_storage(StoredObject.open(fs, path, size), tail=tail)
+
+    @classmethod
+    def from_storage(cls, storage: StoredObject, *, tail: bytes | None = None) -> SeekableZstdReader:
+        """Like :meth:`open`, for an object already opened (``open_source`` read its tail through it)."""
+        path, size = storage.path, storage.size
+        # A placeholder until the table is known: reads need only the storage.
         self = cls.__new__(cls)
-        self.fs, self.path, self.size = fs, path, size
+        self.storage = storage
         if tail is None or len(tail) < min(size, FOOTER_SIZE):
             tail_len = min(size, TAIL_READ)
-            tail = self._cat(size - tail_len, size)
+            tail = self.storage.read(size - tail_len, size)
         try:
             needed = seek_table_size(tail[-FOOTER_SIZE:]) if len(tail) >= FOOTER_SIZE else FOOTER_SIZE
         except SeekTableError as exc:
@@ -585,7 +590,7 @@ class SeekableZstdReader(FramedSource):
                 if layout_bytes:  # an index of the table, maybe: read only the blocks needed
                     table, layout = self._lazy_table(tail, needed, layout_bytes)
                 if table is None:  # the whole table, with the layout frame before it: no third request
-                    tail = self._cat(size - min(size, needed + layout_bytes), size)
+                    tail = self.storage.read(size - min(size, needed + layout_bytes), size)
             trust: Trust = "none"
             if table is None:
                 table = parse_seek_table(tail, size)
@@ -631,7 +636,8 @@ class SeekableZstdReader(FramedSource):
         if layout_bytes > table_start:  # the entry lies: parse_seek_table says how
             return None, None
         first_rows = min(n_frames, BLOCK)
-        head = self._cat(table_start - layout_bytes, table_start + SKIPPABLE_HEADER_SIZE + first_rows * entry_size)
+        head = self.storage.read(table_start - layout_bytes,
+                                 table_start + SKIPPABLE_HEADER_SIZE + first_rows * entry_size)
         layout = parse_layout_frame(memoryview(head)[:layout_bytes], n_frames)
         if layout is None or layout.block_sums is None:
             return None, layout
@@ -644,7 +650,7 @@ class SeekableZstdReader(FramedSource):
             )
         sums = layout.block_sums
         _check_coverage(int(sums[0].sum()), table_start, n_frames)
-        rows = SeekTableRows(self.fs, self.path, self.size, table_start + SKIPPABLE_HEADER_SIZE, n_frames,
+        rows = SeekTableRows(self.storage, table_start + SKIPPABLE_HEADER_SIZE, n_frames,
                              entry_size, sums, layout.row_crcs)
         words = entry_size // 4
         rows.add(0, np.frombuffer(head, dtype="<u4", offset=layout_bytes + SKIPPABLE_HEADER_SIZE).reshape(-1, words))
@@ -698,7 +704,7 @@ class SeekableZstdReader(FramedSource):
 
     def _cat_frame(self, index: int) -> bytes:
         start = self.table.compressed_offset(index)
-        blob = self._cat(start, start + self.table.compressed_size(index))
+        blob = self.storage.read(start, start + self.table.compressed_size(index))
         self._note_checksum(blob)
         return blob
 
@@ -872,22 +878,10 @@ class SeekableZstdReader(FramedSource):
         """The first bytes of each frame (its header), in as few requests as sensible: headers
         less than ``HEADER_GAP`` apart share a request (small frames are read whole), so a file
         of 141-byte zero frames costs a few requests, not one per frame."""
-        runs: list[list[Any]] = []  # [start, end, members]
-        for i in frames:
-            start = int(offsets[i - lo])
-            end = start + min(int(stored[i - lo]), MAX_FRAME_HEADER)
-            if runs and start - runs[-1][1] <= HEADER_GAP and end - runs[-1][0] <= HEADER_RUN:
-                runs[-1][1] = end
-                runs[-1][2].append(i)
-            else:
-                runs.append([start, end, [i]])
-        blobs = self._cat_ranges([(start, end) for start, end, _ in runs]) if runs else []
-        heads: dict[int, memoryview] = {}
-        for (start, _, members), blob in zip(runs, blobs):
-            view = memoryview(blob)
-            for i in members:
-                at = int(offsets[i - lo]) - start
-                heads[i] = view[at : at + min(int(stored[i - lo]), MAX_FRAME_HEADER)]
+        ranges = [(int(offsets[i - lo]), int(offsets[i - lo]) + min(int(stored[i - lo]), MAX_FRAME_HEADER))
+                  for i in frames]
+        views = self.storage.read_ranges(ranges, max_gap=HEADER_GAP, max_run_bytes=HEADER_RUN)
+        heads = dict(zip(frames, views))
         return heads
 
     def _declared_size(self, index: int, head: memoryview) -> int | None:

@@ -8,12 +8,13 @@ backoff; a permanent one (missing object, access denied, other 4xx) fails at onc
 from __future__ import annotations
 
 import random
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from lazymem.errors import LazymemError
+
+from .errors import network_errors
 
 __all__ = ["RETRY_DELAYS", "cat_ranges_with_retries", "http_status", "is_transient", "with_retries"]
 
@@ -51,18 +52,6 @@ def http_status(exc: BaseException) -> int | None:
     return None
 
 
-def _network_errors() -> tuple[type[BaseException], ...]:
-    # Only the libraries already imported can have raised (the filesystem imported its own).
-    types: list[type[BaseException]] = [OSError]  # ConnectionResetError, TimeoutError (asyncio's too)...
-    aiohttp = sys.modules.get("aiohttp")
-    if aiohttp is not None:
-        types.append(aiohttp.ClientError)  # ServerDisconnectedError, ClientPayloadError...
-    botocore = sys.modules.get("botocore.exceptions")
-    if botocore is not None:
-        types.append(botocore.BotoCoreError)  # EndpointConnectionError, ReadTimeoutError...
-    return tuple(types)
-
-
 def is_transient(exc: BaseException) -> bool:
     """Whether a storage request that raised ``exc`` may succeed if sent again.
 
@@ -74,7 +63,8 @@ def is_transient(exc: BaseException) -> bool:
     status = http_status(exc)
     if status is not None:
         return status >= 500 or status in _RETRIED_4XX
-    return isinstance(exc, _network_errors())
+    # Without a status, a storage error is a network failure (reset, timeout): worth again.
+    return isinstance(exc, network_errors())
 
 
 def _pause(delay: float) -> None:
