@@ -461,7 +461,7 @@ def test_readahead_window_survives_a_second_fault_on_the_same_chunk() -> None:
     try:
         monitor = Monitor(here, workers=0)
         chunk = 2**20
-        region = ServedRegion(Client(uffd=-1, pid=0), 1, 0, 64 * chunk, 64 * chunk, 128, chunk, None, -1, "x",
+        region = ServedRegion(Client(uffd=-1, pid=0), 1, 0, 64 * chunk, 64 * chunk, chunk, None, -1, "x",  # type: ignore[arg-type]
                               readahead_max=8)
         for fault in (0, 1, 4, 4, 9):
             monitor._read_ahead(region, fault)

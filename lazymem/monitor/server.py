@@ -11,7 +11,8 @@ Threads here:
   ``UFFDIO_COPY`` ioctl all release the GIL, so they overlap);
 * one short-lived thread per request (register, close, stats, prefetch, evict).
 
-The monitor knows no format: a region holds a reader with ``read_into(offset, buffer)``.
+The monitor knows no format: a region holds a :class:`~lazymem.sources.base.Source` and a grid of
+install units, and asks the source to fill a unit (``read_unit``), nothing else.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import numpy as np
 from ..errors import ClosedArrayError, HugePagesUnavailableError, MonitorError
 from ..kernel import userfaultfd as uffd
 from ..kernel.limits import raise_open_file_limit
+from ..sources.base import Source, UnitGrid, UnitRead
 from . import protocol
 from .budget import ResidentSet
 from .buffers import BufferPool
@@ -109,9 +111,8 @@ class ServedRegion:
     start: int
     length: int  # mapped bytes, page multiple
     nbytes: int  # array bytes
-    data_offset: int  # stream offset of the first array byte
-    chunk_size: int  # page multiple
-    reader: Any
+    chunk_size: int  # the install unit: a page multiple (see sources.base.UnitGrid)
+    source: Source  # the only thing the monitor knows of the format
     memfd: int
     url: str
     readahead_max: int
@@ -119,6 +120,7 @@ class ServedRegion:
     group: tuple[int, int] = (0, 0)  # regions over one memfd (an array and its forked clones)
     budget: int | None = None  # most array bytes resident at once (None: no limit)
     page_size: int = uffd.PAGE_SIZE  # a huge page size for hugetlbfs memfds
+    grid: UnitGrid = field(init=False)
     state: bytearray = field(init=False)
     resident_set: ResidentSet = field(init=False)
     shared_address: int = 0  # our read-write mapping of the memfd (zero-copy installs), or 0
@@ -134,6 +136,7 @@ class ServedRegion:
     fetches: FetchSlots = field(default_factory=lambda: FetchSlots(None))  # max_in_flight
 
     def __post_init__(self) -> None:
+        self.grid = UnitGrid(self.nbytes, self.chunk_size)
         self.state = bytearray(self.nchunks)
         self.resident_set = ResidentSet(self.budget, self.chunk_size)
 
@@ -161,16 +164,14 @@ class ServedRegion:
         return memoryview((ctypes.c_char * length).from_address(self.shared_address + offset)).cast("B")
 
     def read_chunk(self, offset: int, out: memoryview, fault_at: int = -1,
-                   on_first: Callable[[int, int], None] | None = None) -> bool:
-        """Fetch and decompress the array bytes at ``offset`` into ``out``; or, if they are stored
-        as zero frames, return True and leave ``out`` alone. The frames holding the page of
-        ``out[fault_at]`` are decoded first and handed to ``on_first`` (see
-        ``FramedSource.read_into``). The sources retry transient storage errors request by
-        request: an error here means the retries are spent."""
+                   on_first: Callable[[int, int], None] | None = None) -> UnitRead:
+        """Have the source fill the unit at ``offset`` into ``out`` (or say it is all zeros and
+        leave ``out`` alone). The page of ``out[fault_at]`` is urgent: the source hands a range
+        holding it to ``on_first`` as soon as it is final (see ``Source.read_unit``). Sources
+        retry transient storage errors request by request: an error here means they are spent."""
         page = fault_at - fault_at % self.page_size
         first = (page, min(page + self.page_size, len(out))) if 0 <= fault_at < len(out) else None
-        return bool(self.reader.read_into(self.data_offset + offset, out, skip_zeros=True,
-                                          first=first, on_first=on_first))
+        return self.source.read_unit(self.grid, offset // self.chunk_size, out, urgent=first, on_urgent=on_first)
 
     @property
     def huge(self) -> bool:
@@ -462,7 +463,8 @@ class Monitor:
             # see a half-written page: until CONTINUE, its touches fault (MINOR) and wait for us.
             try:
                 region.populate(offset, span)  # zeroed pages: a zero chunk is complete already
-                zeros = region.read_chunk(offset, region.shared_view(offset, data_bytes))
+                read = region.read_chunk(offset, region.shared_view(offset, data_bytes))
+                zeros = read.zeros
                 if data_bytes < span and not zeros:
                     ctypes.memset(region.shared_address + offset + data_bytes, 0, span - data_bytes)
             except BaseException:
@@ -512,7 +514,8 @@ class Monitor:
                 install_zeros = False
                 fault_at = job.fault_at
                 early_wake = first_frames_done if fault_at >= 0 else None
-                zeros = region.read_chunk(offset, buf.view[:data_bytes], fault_at, early_wake)
+                read = region.read_chunk(offset, buf.view[:data_bytes], fault_at, early_wake)
+                zeros = read.zeros
                 if zeros and region.huge:  # hugetlbfs has no UFFDIO_ZEROPAGE: copy zeros
                     buf.zero(0, span)
                 elif not zeros and data_bytes < span:
@@ -546,7 +549,7 @@ class Monitor:
             stats.zero_chunks += zeros
             stats.early_wakes += job.woken
             stats.bytes_decompressed += data_bytes
-            stats.bytes_fetched += _stored_bytes(region.reader, region.data_offset + offset, data_bytes)
+            stats.bytes_fetched += read.bytes_fetched or 0
             stats.fetch_seconds += t1 - t0
             stats.install_seconds += t2 - t1
             region.state[chunk] = PRESENT
@@ -743,7 +746,7 @@ class Monitor:
     def _add_region(self, memfd: int, spec: dict[str, Any], *, restoring: bool = False) -> None:
         owner = self._client(spec["client"])
         region = ServedRegion(owner, spec["region_id"], spec["start"], spec["length"], spec["nbytes"],
-                              spec["data_offset"], spec["chunk_size"], spec["reader"], memfd, spec["url"],
+                              spec["chunk_size"], _source(spec), memfd, spec["url"],
                               spec["readahead"], spec=spec, budget=spec.get("max_resident"),
                               page_size=spec.get("page_size", uffd.PAGE_SIZE))
         region.fetches = FetchSlots(_max_in_flight(spec))
@@ -942,18 +945,20 @@ def _pieces(lo: int, hi: int, fault_at: int, piece: int = FIRST_PIECE) -> list[t
     return [(start, stop)] + [(a, b) for a, b in ((lo, start), (stop, hi)) if a < b]
 
 
+def _source(spec: dict[str, Any]) -> Source:
+    """The region's source: as sent, or a flat stream's frame reader (what ``open`` sends today)."""
+    source = spec.get("source")
+    if source is None:
+        from ..sources.flat import FlatSource
+
+        source = FlatSource(spec["reader"], spec["url"])
+    return source
+
+
 def _max_in_flight(spec: dict[str, Any]) -> int | None:
-    """The array's ``max_in_flight``: as given to ``open``, else a default for its storage."""
-    from ..sources.remote import default_max_in_flight
-
+    """The array's ``max_in_flight``: as given to ``open``, else what its source's storage suits."""
     given = spec.get("max_in_flight")
-    return int(given) if given else default_max_in_flight(getattr(spec["reader"], "fs", None))
-
-
-def _stored_bytes(reader: Any, start: int, length: int) -> int:
-    """Stored (compressed) bytes of the frames that hold stream bytes ``[start, start+length)``."""
-    frames = reader.table.frames_for(start, start + length)
-    return int(reader.table.compressed_span(frames.start, frames.stop))
+    return int(given) if given else _source(spec).hints.max_in_flight
 
 
 def serve(control: socket.socket, journal: Journal | None, restored: Restored | None, workers: int) -> None:
