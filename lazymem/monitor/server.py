@@ -321,10 +321,12 @@ class Monitor:
         if self.supervisor is not None:
             self.supervisor.wait()  # reap the one we started before (it is our child)
         here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Our pidfd, not just our pid: if we die before it starts, our pid may name another process.
+        me = os.pidfd_open(os.getpid())
         args = [sys.executable, "-m", "lazymem.monitor", str(self.control.fileno()), str(self.base_workers),
-                "--adopt", str(os.getpid()), str(there.fileno())]
+                "--adopt", str(os.getpid()), str(me), str(there.fileno())]
         try:
-            self.supervisor = subprocess.Popen(args, pass_fds=(self.control.fileno(), there.fileno()),
+            self.supervisor = subprocess.Popen(args, pass_fds=(self.control.fileno(), me, there.fileno()),
                                                stdin=subprocess.DEVNULL)
         except OSError as exc:  # a worker alone still serves; only its own death is fatal now
             print(f"lazymem monitor: cannot start a new supervisor ({exc})", file=sys.stderr, flush=True)
@@ -332,6 +334,7 @@ class Monitor:
             return
         finally:
             there.close()
+            os.close(me)
         self.supervisor_pid = self.supervisor.pid
         journal.replace(here, self._snapshot)
         self.poller.register(journal.fileno(), select.POLLIN)
@@ -1024,10 +1027,10 @@ def main(argv: list[str] | None = None) -> None:
     # cores took 2.49 s and 4.16 CPU-s for a 1 GiB scan, 2 workers 2.19 s and 3.63 CPU-s). Arrays
     # on network storage add workers for the requests they keep in flight (max_in_flight).
     workers = int(argv[1]) if len(argv) > 1 and argv[1] != "0" else max(2, os.cpu_count() or 1)
-    # A running worker whose supervisor died started us: ``--adopt PID LINK_FD``.
+    # A running worker whose supervisor died started us: ``--adopt PID PIDFD LINK_FD``.
     adopt = None
-    if len(argv) > 4 and argv[2] == "--adopt":
-        adopt = (int(argv[3]), socket.socket(fileno=int(argv[4])))
+    if len(argv) > 5 and argv[2] == "--adopt":
+        adopt = (int(argv[3]), int(argv[4]), socket.socket(fileno=int(argv[5])))
     # Ctrl-C in the app's terminal must not kill the monitor under a thread blocked in a fault.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise_open_file_limit()

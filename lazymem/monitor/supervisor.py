@@ -187,15 +187,12 @@ def _read_record(link: socket.socket, state: _State) -> bool:
     return True
 
 
-def _follow(pid: int, link: socket.socket, state: _State, *, child: bool = True) -> int | None:
-    """Keep the journal until the worker exits; return its wait status (None for an adopted
-    worker, not our child: only its parent can read that)."""
-    try:
+def _follow(pid: int, link: socket.socket, state: _State, *, pidfd: int = -1) -> int | None:
+    """Keep the journal until the worker exits; return its wait status. ``pidfd``: an adopted
+    worker's, which is not our child: its status is not ours to read (None)."""
+    child = pidfd < 0
+    if child:
         pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:  # an adopted worker that died before we started
-        while _read_record(link, state):
-            pass
-        return None
     poller = select.poll()
     poller.register(link, select.POLLIN)
     poller.register(pidfd, select.POLLIN)
@@ -234,11 +231,11 @@ def app_gone(control: socket.socket) -> bool:
     return any(events & (select.POLLHUP | select.POLLERR) for _fd, events in poller.poll(0))
 
 
-def supervise(control: socket.socket, workers: int, adopt: tuple[int, socket.socket] | None = None) -> int:
+def supervise(control: socket.socket, workers: int, adopt: tuple[int, int, socket.socket] | None = None) -> int:
     """Run workers until the app has gone; return the supervisor's exit code.
 
-    ``adopt``: (pid, journal link) of a running worker whose supervisor died; it journals its
-    state to us and we take over from there."""
+    ``adopt``: (pid, pidfd, journal link) of a running worker whose supervisor died; it journals
+    its state to us and we take over from there."""
     from .server import serve
 
     state = _State(complete=adopt is None)
@@ -246,12 +243,13 @@ def supervise(control: socket.socket, workers: int, adopt: tuple[int, socket.soc
     supervisor = os.getpid()
     while True:
         if adopt is not None:
-            pid, link_here = adopt
-            adopt, child = None, False
+            pid, pidfd, link_here = adopt
+            adopt = None
         else:
+            pidfd = -1
             link_here, link_there = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             restored = state.restored() if state.clients else None
-            pid, child = os.fork(), True
+            pid = os.fork()
             if pid == 0:  # the worker
                 link_here.close()
                 try:
@@ -261,7 +259,7 @@ def supervise(control: socket.socket, workers: int, adopt: tuple[int, socket.soc
                     os._exit(70)
                 os._exit(0)
             link_there.close()
-        status = _follow(pid, link_here, state, child=child)
+        status = _follow(pid, link_here, state, pidfd=pidfd)
         link_here.close()
         if app_gone(control) or (status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
             return 0  # the app has gone and the worker with it
