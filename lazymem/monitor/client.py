@@ -236,7 +236,9 @@ class MonitorClient:
                         old_control.close()
                         old_control = self.control
                     if old_process is not None and old_process is not self.process:
-                        old_process.poll()  # reap it if it has exited (the watcher does otherwise)
+                        # Dying (it closed its end of the control socket), maybe not dead yet:
+                        # reap it when it is, so that no zombie stays behind.
+                        threading.Thread(target=old_process.wait, daemon=True).start()
                         old_process = self.process
             with self.restarted:
                 self.generation += 1
