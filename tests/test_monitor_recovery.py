@@ -180,3 +180,47 @@ def test_pool_workers_exiting_mid_read_are_dropped_quietly(tmp_path: Path) -> No
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert (result.returncode, result.stdout.split()[-1:]) == (0, ["same"]), result.stderr
     assert "lazymem" not in result.stderr
+
+
+def test_both_killed_a_forked_child_starts_its_own_monitor(field) -> None:
+    """Parent and forked child share one monitor; when it dies whole, each process's watcher
+    starts a monitor of its own and hands it its mappings of the same memfds."""
+    path, src = field
+    a = lazymem.open(path, readahead=0)
+    assert a[0, 0] == src[0, 0]
+    client = get_client()
+    pids = (client.supervisor_pid, client.monitor_pid)
+    go_r, go_w = os.pipe()
+    done_r, done_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(go_w)
+            os.read(go_r, 1)  # idle (GIL released) while the test kills the monitor
+            mine = get_client()
+            assert mine.wait_for_generation(1, timeout=120)
+            same = np.asarray(a).tobytes() == src.tobytes()
+            ours = (mine.supervisor_pid, mine.monitor_pid)
+            os.write(done_w, f"{same} {ours[0]} {ours[1]}".encode())
+            os._exit(0)
+        except BaseException as exc:  # noqa: BLE001 - a forked child never returns into pytest
+            os.write(done_w, repr(exc).encode())
+            os._exit(1)
+    os.close(go_r)
+    os.close(done_w)
+    try:
+        generation = client.generation
+        _kill(*pids)
+        os.write(go_w, b"x")
+        report = os.read(done_r, 1000).decode().split()
+    finally:
+        os.close(go_w)
+        os.close(done_r)
+        _, status = os.waitpid(child, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, report
+    assert report[0] == "True", report
+    assert client.wait_for_generation(generation + 1, timeout=120)
+    assert np.asarray(a).tobytes() == src.tobytes()
+    child_monitor = {int(report[1]), int(report[2])}
+    assert child_monitor.isdisjoint({client.supervisor_pid, client.monitor_pid, *pids})
+    assert all(wait_for_exit(pid) for pid in child_monitor)  # the child's monitor left with it
