@@ -11,8 +11,8 @@ Three processes' worth of roles:
   slices and compare them byte for byte with the ``.npy`` sources; it forks children that read
   on two threads and exit mid-read, and runs spawned processes that unpickle lazy views (each
   with a monitor of its own);
-* chaos SIGKILLs one random monitor process (supervisor or worker, of any of those monitors)
-  every 1-3 s. It first waits until every monitor is whole again (two live processes): killing
+* chaos SIGKILLs one random monitor process (supervisor, worker or idle standby, of any of
+  those monitors) every 1-3 s. It first waits until every monitor is whole again (two live processes): killing
   the second process before the first is replaced is the one case nothing can repair when an
   app thread holds its GIL in a fault (README, limits).
 
@@ -68,21 +68,20 @@ def make_arrays(directory: Path) -> None:
         lazymem.save(str(directory / f"{name}.npy.zst"), src, chunk_bytes=chunk)
 
 
-def monitor_processes(tag: str) -> dict[int, tuple[int, str]]:
-    """Live monitor processes of this run: pid -> (session, role).
+ROLES = {"lazymem-super": "supervisor", "lazymem-worker": "worker", "lazymem-standby": "standby"}
 
-    A worker is forked by its supervisor, so its parent is a monitor process, unless that parent
-    is the worker it adopted (``--adopt PID``); an orphaned worker is the one some live
-    supervisor adopted. (Thread counts tell nothing: numpy's OpenBLAS pool lives in a supervisor
-    until its first fork.)"""
-    found: dict[int, tuple[int, int, int | None]] = {}  # pid -> (session, parent, adopted pid)
+
+def monitor_processes(tag: str) -> dict[int, tuple[int, str]]:
+    """Live monitor processes of this run: pid -> (session, role), roles named by the processes
+    themselves (``/proc/PID/comm``). A standby holds nothing yet; it is fair game all the same."""
+    found: dict[int, tuple[int, str]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         pid = int(entry)
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if b"lazymem.monitor" not in argv:
+            role = ROLES.get(Path(f"/proc/{pid}/comm").read_text().strip())
+            if role is None:
                 continue
             if f"{TAG}={tag}".encode() not in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
                 continue
@@ -90,23 +89,17 @@ def monitor_processes(tag: str) -> dict[int, tuple[int, str]]:
         except OSError:  # it exited meanwhile
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] in "ZX":  # a zombie holds nothing; its parent reaps it
-            continue
-        adopted = int(argv[argv.index(b"--adopt") + 1]) if b"--adopt" in argv else None
-        found[pid] = (int(fields[3]), int(fields[1]), adopted)
-    adoptees = {adopted for _, _, adopted in found.values()}
-    roles = {}
-    for pid, (session, parent, adopted) in found.items():
-        worker = pid in adoptees or (parent in found and adopted != parent)
-        roles[pid] = (session, "worker" if worker else "supervisor")
-    return roles
+        if fields[0] not in "ZX":  # a zombie holds nothing; its parent reaps it
+            found[pid] = (int(fields[3]), role)
+    return found
 
 
 def whole(processes: dict[int, tuple[int, str]]) -> bool:
     """Every monitor (one per session) has its supervisor and its worker."""
     sessions: dict[int, list[str]] = {}
     for session, role in processes.values():
-        sessions.setdefault(session, []).append(role)
+        if role != "standby":
+            sessions.setdefault(session, []).append(role)
     return all(sorted(roles) == ["supervisor", "worker"] for roles in sessions.values())
 
 
@@ -179,8 +172,8 @@ def orchestrate(seconds: float, seed: int) -> dict[str, object]:
         leaked = [pid for pid in seen if not wait_for_exit(pid, 60)]
         leaked += list(monitor_processes(tag))
     report = json.loads(out.splitlines()[-1]) if out.strip() and not hung else {}
-    report.update(hung=hung, app_exit=app.returncode, kills=len(kills),
-                  killed_workers=kills.count("worker"), killed_supervisors=kills.count("supervisor"),
+    report.update(hung=hung, app_exit=app.returncode, kills=len(kills), killed_workers=kills.count("worker"),
+                  killed_supervisors=kills.count("supervisor"), killed_standbys=kills.count("standby"),
                   leaked_processes=sorted(set(leaked)))
     # The app's stderr: what the monitors said (one line per death they repaired) and anything else.
     lines = [line for line in err.splitlines() if line.strip()]

@@ -11,6 +11,7 @@ import ctypes
 import errno
 import itertools
 import os
+import socket
 import threading
 import weakref
 from typing import Any
@@ -114,14 +115,16 @@ class Region:
                              "readahead": readahead, "max_resident": max_resident, "max_in_flight": max_in_flight}
         self.client.request("register", fds=(self.memfd,), **self._register_args())
 
-    def announce_again(self) -> None:
-        """Hand the region to a new monitor (the last one died): it keeps the complete chunks and
-        wakes readers blocked on faults the dead one never served. Under the region's lock, so
-        that a ``release`` racing with it sends its ``close`` after this ``register``."""
+    def announce_again(self, control: socket.socket) -> None:
+        """Hand the region to a new monitor (the last one died; ``control`` reaches the new one):
+        it keeps the complete chunks and wakes readers blocked on faults the dead one never
+        served. Under the region's lock, so that a ``release`` racing with it sends its ``close``
+        after this ``register``."""
         with self._lock:
             if self._description is None or not self.usable:
                 return
-            self.client._request_here("register", fds=(self.memfd,), restore=True, **self._register_args())
+            self.client._request_here("register", fds=(self.memfd,), control=control, restore=True,
+                                      **self._register_args())
 
     def _register_args(self) -> dict[str, Any]:
         assert self._description is not None

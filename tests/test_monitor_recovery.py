@@ -126,15 +126,18 @@ def test_no_monitor_can_be_started_raises_monitor_error(field) -> None:
     path, _src = field
     result = run_python(
         f"""
-        import os, signal, sys, lazymem
+        import os, select, signal, sys, lazymem
         from lazymem.monitor.client import get_client
         a = lazymem.open({path!r})
         a[0, 0]
         client = get_client()
-        pids = client.supervisor_pid, client.monitor_pid
+        pids = client.supervisor_pid, client.monitor_pid, client._standby[0].pid
         sys.executable = "/nonexistent/python"  # every new monitor fails to start
-        for pid in pids:
+        for pid in pids:  # the standby monitor too: it would take over
             os.kill(pid, signal.SIGKILL)
+        for pid in pids:
+            fd = os.pidfd_open(pid)
+            select.select([fd], [], [])
         try:
             lazymem.open({path!r})
         except lazymem.MonitorError as exc:
@@ -224,3 +227,34 @@ def test_both_killed_a_forked_child_starts_its_own_monitor(field) -> None:
     child_monitor = {int(report[1]), int(report[2])}
     assert child_monitor.isdisjoint({client.supervisor_pid, client.monitor_pid, *pids})
     assert all(wait_for_exit(pid) for pid in child_monitor)  # the child's monitor left with it
+
+
+def test_a_killed_standby_is_replaced_and_restarts_still_work(field) -> None:
+    """The standby (the next monitor, started ahead of need) holds nothing: killing it costs a
+    new one, and a restart without it starts a monitor from scratch."""
+    path, src = field
+    a = lazymem.open(path, readahead=0)
+    a[0, 0]
+    client = get_client()
+    assert client._standby is not None
+    standby = client._standby[0].pid
+    generation = client.generation
+    _kill(standby)
+    _kill(client.supervisor_pid, client.monitor_pid)  # maybe before the watcher replaced the standby
+    assert client.wait_for_generation(generation + 1, timeout=120)
+    assert np.asarray(a).tobytes() == src.tobytes()
+    assert client._standby is not None and client._standby[0].pid != standby
+
+
+def test_every_monitor_process_leaves_with_a_killed_app(field) -> None:
+    path, _src = field
+    app = subprocess.Popen(
+        [sys.executable, "-c", "import sys, lazymem\nfrom lazymem.monitor.client import get_client\n"
+         f"a = lazymem.open({path!r}); a[5, 5]\nc = get_client()\n"
+         "print(c.supervisor_pid, c.monitor_pid, c._standby[0].pid, flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert app.stdout is not None
+    pids = [int(pid) for pid in app.stdout.readline().split()]
+    app.kill()
+    app.wait()
+    assert len(pids) == 3 and all(wait_for_exit(pid) for pid in pids)

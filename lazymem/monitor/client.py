@@ -45,6 +45,7 @@ class MonitorClient:
         except BaseException:
             os.close(self.uffd)
             raise
+        self._spawn_standby()
         self._watch()
 
     def _init_restarts(self, workers: int | None) -> None:
@@ -56,6 +57,7 @@ class MonitorClient:
         self._restart_lock = threading.RLock()
         self._send_lock = threading.Lock()
         self._changed_r, self._changed_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._standby: tuple[subprocess.Popen[bytes], socket.socket] | None = None
 
     def _new_userfaultfd(self) -> None:
         opened = uffd.open_userfaultfd()
@@ -109,32 +111,75 @@ class MonitorClient:
         return self
 
     def _start(self) -> None:
+        self.control, self.process = self._launch()
+
+    def _launch(self) -> tuple[socket.socket, subprocess.Popen[bytes]]:
+        """A new monitor that serves our userfaultfd: its control socket and process."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-        args = [sys.executable, "-m", "lazymem.monitor", str(theirs.fileno())]
-        if self.workers:
-            args.append(str(self.workers))
         try:
-            # A new session: terminal signals (Ctrl-C) meant for the app must not reach it.
-            self.process = subprocess.Popen(
-                args, pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL, start_new_session=True
-            )
+            process = self._take_standby(theirs) or self._spawn(theirs.fileno())
         except OSError as exc:
             ours.close()
             raise MonitorError(f"cannot start the lazymem monitor process: {exc}") from exc
         finally:
             theirs.close()
-        self.control = ours
-        self._hello()
+        try:
+            self._hello(ours)
+        except BaseException:
+            ours.close()  # it exits when it sees us hang up
+            threading.Thread(target=process.wait, daemon=True).start()
+            raise
+        return ours, process
 
-    def _hello(self) -> None:
+    def _spawn(self, fd: int, *flags: str) -> subprocess.Popen[bytes]:
+        """``python -m lazymem.monitor [flags] FD [workers]``, inheriting ``fd``."""
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        args = [sys.executable, "-m", "lazymem.monitor", *flags, str(fd)]
+        if self.workers:
+            args.append(str(self.workers))
+        # A new session: terminal signals (Ctrl-C) meant for the app must not reach it.
+        return subprocess.Popen(args, pass_fds=(fd,), env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def _spawn_standby(self) -> None:
+        """Start the next monitor ahead of need: a process that has imported everything and holds
+        nothing, waiting for a control socket. When every monitor process has died, handing it
+        one (``_take_standby``) costs a message instead of a Python start-up (~300 ms here,
+        against ~20 ms): readers blocked holding their GIL meanwhile cannot be helped (README,
+        limits), so that window should be short. It exits when we do (its socket hangs up)."""
+        if os.getpid() != self.pid or self._standby is not None:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._standby = (self._spawn(theirs.fileno(), "--standby"), ours)
+        except OSError:  # no standby: a restart starts a monitor from scratch
+            ours.close()
+        finally:
+            theirs.close()
+
+    def _take_standby(self, control_end: socket.socket) -> subprocess.Popen[bytes] | None:
+        """Hand ``control_end`` to the standby; it becomes our monitor. None if there is none."""
+        standby, self._standby = self._standby, None
+        if standby is None:
+            return None
+        process, sock = standby
+        try:
+            socket.send_fds(sock, [b"S"], [control_end.fileno()])
+        except OSError:  # it was killed: start one from scratch
+            threading.Thread(target=process.wait, daemon=True).start()
+            return None
+        finally:
+            sock.close()
+        return process
+
+    def _hello(self, control: socket.socket | None = None) -> None:
         # Our pidfd goes along: the monitor can then signal us, and tell that we exited, without
         # ever naming another process that was given our pid after us.
         pidfd = os.pidfd_open(os.getpid())
         try:
-            self.uffd_key, _ = self._request_here("hello", fds=(self.uffd, pidfd), pid=os.getpid())
+            self.uffd_key, _ = self._request_here("hello", fds=(self.uffd, pidfd), control=control,
+                                                  pid=os.getpid())
         finally:
             os.close(pidfd)
 
@@ -165,22 +210,26 @@ class MonitorClient:
         raise MonitorError(f"the lazymem monitor stopped answering during {op!r} ({_ATTEMPTS} attempts); "
                            "see its messages on stderr")
 
-    def _request_here(self, op: str, *, fds: tuple[int, ...] = (), **args: Any) -> Any:
-        """``request`` to the monitor running now, never starting another (used while starting one)."""
+    def _request_here(self, op: str, *, fds: tuple[int, ...] = (), control: socket.socket | None = None,
+                      **args: Any) -> Any:
+        """``request`` to one monitor (``control``, by default the current one), never starting
+        another: used while a new monitor is being started, before other threads may use it."""
+        control = control or self.control
         for _attempt in range(_ATTEMPTS):
             try:
-                return self._request_once(op, fds, args)
+                return self._request_once(op, fds, args, control)
             except _Unanswered:
-                if not self.alive():
+                if _hung_up(control):
                     break
         raise MonitorError(f"the lazymem monitor stopped answering during {op!r} while it was being started")
 
-    def _request_once(self, op: str, fds: tuple[int, ...], args: dict[str, Any]) -> Any:
+    def _request_once(self, op: str, fds: tuple[int, ...], args: dict[str, Any],
+                      control: socket.socket | None = None) -> Any:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with self._send_lock:
                 try:
-                    protocol.send_request_fds(self.control, theirs, fds)
+                    protocol.send_request_fds(control or self.control, theirs, fds)
                 except OSError as exc:  # EPIPE, ECONNRESET: every monitor process has gone
                     raise _Unanswered from exc
             theirs.close()
@@ -218,31 +267,37 @@ class MonitorClient:
                 return
             if os.getpid() != self.pid:
                 raise MonitorError("the lazymem monitor of a parent process is gone")
-            old_control, old_process = self.control, self.process
+            # The new monitor is published (self.control) only once it serves every region:
+            # meanwhile other threads' requests fail on the dead socket and wait for this lock.
             for attempt in range(_RESTART_ATTEMPTS):
                 try:
-                    self._start()
-                    for region in live_regions():
-                        if region.client is self:
-                            region.announce_again()
-                    break
-                except Exception as exc:  # the new monitor died too, or never started
-                    # Killed while it started (as its predecessor was): try again, a few times.
-                    if attempt == _RESTART_ATTEMPTS - 1:
-                        raise MonitorError(f"the lazymem monitor died and {_RESTART_ATTEMPTS} new ones "
-                                           f"could not take over ({type(exc).__name__}: {exc})") from exc
-                finally:
-                    if self.control is not old_control:
-                        old_control.close()
-                        old_control = self.control
-                    if old_process is not None and old_process is not self.process:
-                        # Dying (it closed its end of the control socket), maybe not dead yet:
-                        # reap it when it is, so that no zombie stays behind.
-                        threading.Thread(target=old_process.wait, daemon=True).start()
-                        old_process = self.process
+                    control, process = self._launch()
+                except Exception as exc:  # noqa: BLE001 - it died too (killed like its predecessor), or never started
+                    error: Exception = exc
+                else:
+                    try:
+                        for region in live_regions():
+                            if region.client is self:
+                                region.announce_again(control)
+                        break
+                    except Exception as exc:  # noqa: BLE001 - it died while taking the regions: try again
+                        error = exc
+                        control.close()
+                        threading.Thread(target=process.wait, daemon=True).start()
+                if attempt == _RESTART_ATTEMPTS - 1:
+                    raise MonitorError(f"the lazymem monitor died and {_RESTART_ATTEMPTS} new ones could not "
+                                       f"take over ({type(error).__name__}: {error})") from error
+            old_control, old_process = self.control, self.process
+            self.control, self.process = control, process
+            old_control.close()
+            if old_process is not None:
+                # Dying (it closed its end of the control socket), maybe not dead yet: reap it
+                # when it is, so that no zombie stays behind.
+                threading.Thread(target=old_process.wait, daemon=True).start()
             with self.restarted:
                 self.generation += 1
                 self.restarted.notify_all()
+            self._spawn_standby()  # for the next time
         try:
             os.write(self._changed_w, b"x")  # the watcher polls the new control socket from now on
         except BlockingIOError:
@@ -263,10 +318,12 @@ class MonitorClient:
         Also reaps the monitor process this process started, when it exits (a supervisor the
         worker replaced), so that no zombie stays behind."""
         while os.getpid() == self.pid:
-            generation, control, process = self.generation, self.control, self.process
+            generation, control, process, standby = self.generation, self.control, self.process, self._standby
             poller = select.poll()
             poller.register(control, 0)  # POLLHUP and POLLERR are always reported
             poller.register(self._changed_r, select.POLLIN)
+            if standby is not None:
+                poller.register(standby[1], 0)  # hangs up if the standby is killed
             pidfd = -1
             if process is not None and process.returncode is None:
                 try:
@@ -286,6 +343,13 @@ class MonitorClient:
                     pass
             if pidfd in ready and process is not None:
                 process.poll()
+            if standby is not None and standby[1].fileno() in ready:
+                with self._restart_lock:
+                    if self._standby is standby:  # killed while waiting: reap it, start another
+                        self._standby = None
+                        standby[1].close()
+                        standby[0].wait()
+                        self._spawn_standby()
             if control.fileno() in ready and generation == self.generation:
                 try:
                     self.restart(generation)
@@ -358,6 +422,8 @@ def _after_fork_in_child() -> None:
             os.close(fd)  # the parent's userfaultfd serves the parent's address space only
         except OSError:
             pass
+    if parent._standby is not None:  # the parent's: it must see the parent exit
+        parent._standby[1].close()
     if not regions:
         parent.control.close()  # so the monitor does not outlive the parent because of us
         return

@@ -289,7 +289,10 @@ class Monitor:
                     self._drop_client(self.by_pidfd[fd])
                 elif self.journal is not None and fd == self.journal.fileno():
                     if _hung_up(self.journal.sock):  # the supervisor died
-                        self.poller.unregister(fd)  # registered again once a new one listens
+                        try:
+                            self.poller.unregister(fd)  # registered again once a new one listens
+                        except KeyError:  # a request (pids) is replacing it already
+                            pass
                         threading.Thread(target=self._ensure_supervisor, daemon=True).start()
                 else:
                     client = self.by_fd.get(fd)
@@ -1006,6 +1009,7 @@ def _stored_bytes(reader: Any, start: int, length: int) -> int:
 def serve(control: socket.socket, journal: Journal | None, restored: Restored | None, workers: int,
           supervisor_pid: int = 0) -> None:
     """Run a monitor until the app has gone; rebuild the state a dead predecessor left first."""
+    name_process("lazymem-worker")
     monitor = Monitor(control, workers, journal, supervisor_pid)
     if restored is not None:
         for pid, (uffd_fd, pidfd) in restored.clients.items():
@@ -1022,6 +1026,16 @@ def main(argv: list[str] | None = None) -> None:
     from .supervisor import supervise
 
     argv = sys.argv[1:] if argv is None else argv
+    # Ctrl-C in the app's terminal must not kill the monitor under a thread blocked in a fault.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if argv[0] == "--standby":  # see client.MonitorClient._spawn_standby
+        name_process("lazymem-standby")
+        standby = socket.socket(fileno=int(argv[1]))
+        _msg, fds, _flags, _addr = socket.recv_fds(standby, 1, 1)
+        standby.close()
+        if not fds:
+            os._exit(0)  # the app has gone without needing us
+        argv = [str(fds[0]), *argv[2:]]
     control = socket.socket(fileno=int(argv[0]))
     # Decompression is CPU-bound: one worker per core for local files (measured: 4 workers on 2
     # cores took 2.49 s and 4.16 CPU-s for a 1 GiB scan, 2 workers 2.19 s and 3.63 CPU-s). Arrays
@@ -1031,10 +1045,18 @@ def main(argv: list[str] | None = None) -> None:
     adopt = None
     if len(argv) > 5 and argv[2] == "--adopt":
         adopt = (int(argv[3]), int(argv[4]), socket.socket(fileno=int(argv[5])))
-    # Ctrl-C in the app's terminal must not kill the monitor under a thread blocked in a fault.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise_open_file_limit()
     os._exit(supervise(control, workers, adopt))
+
+
+def name_process(name: str) -> None:
+    """Name this process for ps and top (``comm``, 15 bytes): supervisor, worker and standby
+    share one command line (a worker is a fork of its supervisor)."""
+    try:
+        with open("/proc/self/comm", "w") as comm:
+            comm.write(name[:15])
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

@@ -236,8 +236,9 @@ def supervise(control: socket.socket, workers: int, adopt: tuple[int, int, socke
 
     ``adopt``: (pid, pidfd, journal link) of a running worker whose supervisor died; it journals
     its state to us and we take over from there."""
-    from .server import serve
+    from .server import name_process, serve
 
+    name_process("lazymem-super")
     state = _State(complete=adopt is None)
     deaths: deque[float] = deque()
     supervisor = os.getpid()
