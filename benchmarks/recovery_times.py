@@ -75,6 +75,8 @@ def main() -> None:
         generation = client.generation
         _wait_for_standby(client)
         t0 = time.perf_counter()
+        for pid in pids:  # stopped first: neither can repair the other's death
+            os.kill(pid, signal.SIGSTOP)
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         assert client.wait_for_generation(generation + 1, timeout=60)

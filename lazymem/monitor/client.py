@@ -101,9 +101,12 @@ class MonitorClient:
                 self.request("fork", client=self.uffd_key, parent=parent.uffd_key,
                              region_ids=[region.region_id for region in regions])
             except MonitorError:
-                if self.alive():
+                if self.generation > 0:
+                    pass  # the parent's monitor died under the request: ours has our regions already
+                elif self.alive():
                     raise
-                self.restart()  # the parent's monitor has gone: start our own, hand it our regions
+                else:
+                    self.restart()  # the parent's monitor has gone: start our own, hand it our regions
         except BaseException:
             os.close(self.uffd)
             raise
@@ -294,10 +297,10 @@ class MonitorClient:
                 # Dying (it closed its end of the control socket), maybe not dead yet: reap it
                 # when it is, so that no zombie stays behind.
                 threading.Thread(target=old_process.wait, daemon=True).start()
+            self._spawn_standby()  # for the next time, before anyone waiting is told we are done
             with self.restarted:
                 self.generation += 1
                 self.restarted.notify_all()
-            self._spawn_standby()  # for the next time
         try:
             os.write(self._changed_w, b"x")  # the watcher polls the new control socket from now on
         except BlockingIOError:
@@ -316,46 +319,56 @@ class MonitorClient:
         """Wait (in poll, without the GIL) for the last monitor process to die, then restart it.
 
         Also reaps the monitor process this process started, when it exits (a supervisor the
-        worker replaced), so that no zombie stays behind."""
+        worker replaced), so that no zombie stays behind, and replaces a killed standby."""
         while os.getpid() == self.pid:
-            generation, control, process, standby = self.generation, self.control, self.process, self._standby
-            poller = select.poll()
-            poller.register(control, 0)  # POLLHUP and POLLERR are always reported
-            poller.register(self._changed_r, select.POLLIN)
-            if standby is not None:
-                poller.register(standby[1], 0)  # hangs up if the standby is killed
-            pidfd = -1
-            if process is not None and process.returncode is None:
-                try:
-                    pidfd = os.pidfd_open(process.pid)
-                    poller.register(pidfd, select.POLLIN)
-                except ProcessLookupError:
-                    process.poll()
             try:
-                ready = dict(poller.poll())
-            finally:
-                if pidfd >= 0:
-                    os.close(pidfd)
-            if self._changed_r in ready:
-                try:
-                    os.read(self._changed_r, 64)
-                except BlockingIOError:
-                    pass
-            if pidfd in ready and process is not None:
-                process.poll()
-            if standby is not None and standby[1].fileno() in ready:
-                with self._restart_lock:
-                    if self._standby is standby:  # killed while waiting: reap it, start another
-                        self._standby = None
-                        standby[1].close()
-                        standby[0].wait()
-                        self._spawn_standby()
-            if control.fileno() in ready and generation == self.generation:
-                try:
-                    self.restart(generation)
-                except MonitorError as exc:
-                    self._give_up(exc)
+                if not self._watch_once():
                     return
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive any surprise
+                print(f"lazymem: monitor watcher: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+    def _watch_once(self) -> bool:
+        """One wait and what follows it; False once there is nothing left to watch."""
+        generation, control, process, standby = self.generation, self.control, self.process, self._standby
+        poller = select.poll()
+        poller.register(self._changed_r, select.POLLIN)  # a restart elsewhere swaps what is watched
+        for sock in (control, standby[1] if standby is not None else None):
+            fd = sock.fileno() if sock is not None else -1
+            if fd >= 0:  # closed meanwhile by a restart on another thread: the pipe says so
+                poller.register(fd, 0)  # POLLHUP and POLLERR are always reported
+        pidfd = -1
+        if process is not None and process.returncode is None:
+            try:
+                pidfd = os.pidfd_open(process.pid)
+                poller.register(pidfd, select.POLLIN)
+            except ProcessLookupError:
+                process.poll()
+        try:
+            ready = dict(poller.poll())
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
+        if self._changed_r in ready:
+            try:
+                os.read(self._changed_r, 64)
+            except BlockingIOError:
+                pass
+        if pidfd in ready and process is not None:
+            process.poll()
+        if standby is not None and standby[1].fileno() in ready:
+            with self._restart_lock:
+                if self._standby is standby:  # killed while waiting: reap it, start another
+                    self._standby = None
+                    standby[1].close()
+                    standby[0].wait()
+                    self._spawn_standby()
+        if control.fileno() in ready and generation == self.generation:
+            try:
+                self.restart(generation)
+            except MonitorError as exc:
+                self._give_up(exc)
+                return False
+        return True
 
     def _give_up(self, exc: BaseException) -> None:
         """No monitor can be started: poison every region, so that readers blocked in a fault get
