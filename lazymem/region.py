@@ -11,6 +11,7 @@ import ctypes
 import errno
 import itertools
 import os
+import socket
 import threading
 import weakref
 from typing import Any
@@ -56,6 +57,7 @@ class Region:
         self.address = 0
         self.closed = False
         self._lock = threading.Lock()
+        self._description: dict[str, Any] | None = None  # as announced: to hand to a new monitor
         try:
             os.ftruncate(self.memfd, self.length)
             self.address = self._map()
@@ -109,24 +111,26 @@ class Region:
     def announce(self, *, reader: Any, data_offset: int, chunk_size: int, url: str, readahead: int,
                  max_resident: int | None, max_in_flight: int | None = None) -> None:
         """Tell the monitor how to fill this region; faults can be served once this returns."""
-        self.client.request(
-            "register",
-            fds=(self.memfd,),
-            client=self.client.uffd_key,
-            region_id=self.region_id,
-            start=self.address,
-            length=self.length,
-            nbytes=self.nbytes,
-            data_offset=data_offset,
-            chunk_size=chunk_size,
-            reader=reader,
-            url=url,
-            readahead=readahead,
-            max_resident=max_resident,
-            max_in_flight=max_in_flight,
-            zero_copy=self.zero_copy,
-            page_size=self.page_size,
-        )
+        self._description = {"data_offset": data_offset, "chunk_size": chunk_size, "reader": reader, "url": url,
+                             "readahead": readahead, "max_resident": max_resident, "max_in_flight": max_in_flight}
+        self.client.request("register", fds=(self.memfd,), **self._register_args())
+
+    def announce_again(self, control: socket.socket) -> None:
+        """Hand the region to a new monitor (the last one died; ``control`` reaches the new one):
+        it keeps the complete chunks and wakes readers blocked on faults the dead one never
+        served. Under the region's lock, so that a ``release`` racing with it sends its ``close``
+        after this ``register``."""
+        with self._lock:
+            if self._description is None or not self.usable:
+                return
+            self.client._request_here("register", fds=(self.memfd,), control=control, restore=True,
+                                      **self._register_args())
+
+    def _register_args(self) -> dict[str, Any]:
+        assert self._description is not None
+        return {"client": self.client.uffd_key, "region_id": self.region_id, "start": self.address,
+                "length": self.length, "nbytes": self.nbytes, **self._description, "zero_copy": self.zero_copy,
+                "page_size": self.page_size}
 
     def buffer(self) -> memoryview:
         """A read-only buffer over the region whose owner keeps this Region alive."""

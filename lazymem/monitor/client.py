@@ -8,6 +8,7 @@ userfaultfd closes, the kernel unregisters its ranges and blocked faults read ze
 from __future__ import annotations
 
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -24,16 +25,39 @@ _FEATURES = (uffd.UFFD_FEATURE_MISSING_SHMEM | uffd.UFFD_FEATURE_MINOR_SHMEM | u
 
 
 class MonitorClient:
-    """A running monitor process serving this process's userfaultfd."""
+    """A running monitor process serving this process's userfaultfd.
+
+    The app holds everything a monitor needs to start over: its userfaultfd, each region's memfd
+    and description. So when every monitor process has died (the supervisor restarts a dead
+    worker, the worker a dead supervisor; both at once is for us), it starts a new monitor and
+    hands it every live region (``restart``). Two things notice: a request that finds the control
+    socket dead, and a daemon thread (``_watch``) blocked in ``poll`` on that socket, which hangs
+    up when the last monitor process holding its other end dies. ``poll`` waits without the GIL,
+    but what follows needs it: see the README's limits for the one case this cannot repair.
+    """
 
     def __init__(self, workers: int | None = None) -> None:
         raise_open_file_limit()
         self._new_userfaultfd()
+        self._init_restarts(workers)
         try:
-            self._start(workers)
+            self._start()
         except BaseException:
             os.close(self.uffd)
             raise
+        self._spawn_standby()
+        self._watch()
+
+    def _init_restarts(self, workers: int | None) -> None:
+        self.workers = workers
+        self.process: subprocess.Popen[bytes] | None = None  # our child, if we started the monitor
+        self.generation = 0  # how many times this process replaced a dead monitor
+        self.restarted = threading.Condition()
+        # Reentrant: a region's finalizer may run (gc) in the thread that is restarting.
+        self._restart_lock = threading.RLock()
+        self._send_lock = threading.Lock()
+        self._changed_r, self._changed_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._standby: tuple[subprocess.Popen[bytes], socket.socket] | None = None
 
     def _new_userfaultfd(self) -> None:
         opened = uffd.open_userfaultfd()
@@ -67,75 +91,150 @@ class MonitorClient:
         """
         self = cls.__new__(cls)
         self._new_userfaultfd()
+        self._init_restarts(parent.workers)
         self.control = parent.control  # SEQPACKET messages are atomic: parent and child can share it
-        self.process = parent.process
-        self._send_lock = threading.Lock()
-        self._owner_pid = parent._owner_pid
         try:
             for region in regions:
                 region.remap_in_child(self)
-            self.uffd_key, _ = self.request("hello", fds=(self.uffd,), pid=os.getpid())
-            self.request("fork", client=self.uffd_key, parent=parent.uffd_key,
-                         region_ids=[region.region_id for region in regions])
+            try:
+                self._hello()
+                self.request("fork", client=self.uffd_key, parent=parent.uffd_key,
+                             region_ids=[region.region_id for region in regions])
+            except MonitorError:
+                if self.generation > 0:
+                    pass  # the parent's monitor died under the request: ours has our regions already
+                elif self.alive():
+                    raise
+                else:
+                    self.restart()  # the parent's monitor has gone: start our own, hand it our regions
         except BaseException:
             os.close(self.uffd)
             raise
+        self._watch()
         return self
 
-    def _start(self, workers: int | None) -> None:
+    def _start(self) -> None:
+        self.control, self.process = self._launch()
+
+    def _launch(self) -> tuple[socket.socket, subprocess.Popen[bytes]]:
+        """A new monitor that serves our userfaultfd: its control socket and process."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-        args = [sys.executable, "-m", "lazymem.monitor", str(theirs.fileno())]
-        if workers:
-            args.append(str(workers))
         try:
-            # A new session: terminal signals (Ctrl-C) meant for the app must not reach it.
-            self.process = subprocess.Popen(
-                args, pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL, start_new_session=True
-            )
+            process = self._take_standby(theirs) or self._spawn(theirs.fileno())
         except OSError as exc:
             ours.close()
             raise MonitorError(f"cannot start the lazymem monitor process: {exc}") from exc
         finally:
             theirs.close()
-        self.control = ours
-        self._send_lock = threading.Lock()
-        self._owner_pid = os.getpid()  # only the process that started the monitor can wait for it
-        self.uffd_key, _ = self.request("hello", fds=(self.uffd,), pid=os.getpid())
+        try:
+            self._hello(ours)
+        except BaseException:
+            ours.close()  # it exits when it sees us hang up
+            threading.Thread(target=process.wait, daemon=True).start()
+            raise
+        return ours, process
+
+    def _spawn(self, fd: int, *flags: str) -> subprocess.Popen[bytes]:
+        """``python -m lazymem.monitor [flags] FD [workers]``, inheriting ``fd``."""
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        args = [sys.executable, "-m", "lazymem.monitor", *flags, str(fd)]
+        if self.workers:
+            args.append(str(self.workers))
+        # A new session: terminal signals (Ctrl-C) meant for the app must not reach it.
+        return subprocess.Popen(args, pass_fds=(fd,), env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def _spawn_standby(self) -> None:
+        """Start the next monitor ahead of need: a process that has imported everything and holds
+        nothing, waiting for a control socket. When every monitor process has died, handing it
+        one (``_take_standby``) costs a message instead of a Python start-up (~300 ms here,
+        against ~20 ms): readers blocked holding their GIL meanwhile cannot be helped (README,
+        limits), so that window should be short. It exits when we do (its socket hangs up)."""
+        if os.getpid() != self.pid or self._standby is not None:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._standby = (self._spawn(theirs.fileno(), "--standby"), ours)
+        except OSError:  # no standby: a restart starts a monitor from scratch
+            ours.close()
+        finally:
+            theirs.close()
+
+    def _take_standby(self, control_end: socket.socket) -> subprocess.Popen[bytes] | None:
+        """Hand ``control_end`` to the standby; it becomes our monitor. None if there is none."""
+        standby, self._standby = self._standby, None
+        if standby is None:
+            return None
+        process, sock = standby
+        try:
+            socket.send_fds(sock, [b"S"], [control_end.fileno()])
+        except OSError:  # it was killed: start one from scratch
+            threading.Thread(target=process.wait, daemon=True).start()
+            return None
+        finally:
+            sock.close()
+        return process
+
+    def _hello(self, control: socket.socket | None = None) -> None:
+        # Our pidfd goes along: the monitor can then signal us, and tell that we exited, without
+        # ever naming another process that was given our pid after us.
+        pidfd = os.pidfd_open(os.getpid())
+        try:
+            self.uffd_key, _ = self._request_here("hello", fds=(self.uffd, pidfd), control=control,
+                                                  pid=os.getpid())
+        finally:
+            os.close(pidfd)
 
     @property
     def monitor_pid(self) -> int:
         """The pid of the process serving faults now (it changes when a dead monitor is replaced)."""
-        return int(self.request("ping"))
+        return int(self.request("pids")[1])
 
     @property
     def supervisor_pid(self) -> int:
-        return self.process.pid
+        """The pid of the monitor's supervisor now (it changes when a dead one is replaced)."""
+        return int(self.request("pids")[0])
 
     def request(self, op: str, *, fds: tuple[int, ...] = (), **args: Any) -> Any:
         """Send one request and wait for its reply.
 
-        Every request is idempotent, so one cut short by the monitor's death is sent again: the
-        supervisor starts a new monitor that answers it.
+        Every request is idempotent, so one cut short by the monitor's death is sent again: to the
+        worker the supervisor starts next, or, when every monitor process has gone, to the monitor
+        this process starts itself (``restart``).
         """
-        for attempt in range(4):
+        for _attempt in range(_ATTEMPTS):
+            generation = self.generation
             try:
                 return self._request_once(op, fds, args)
             except _Unanswered:
-                if attempt == 3 or not self.alive():
-                    raise MonitorError(f"the lazymem monitor stopped answering during {op!r}") from None
-        raise AssertionError("unreachable")
+                if not self.alive():
+                    self.restart(generation)
+        raise MonitorError(f"the lazymem monitor stopped answering during {op!r} ({_ATTEMPTS} attempts); "
+                           "see its messages on stderr")
 
-    def _request_once(self, op: str, fds: tuple[int, ...], args: dict[str, Any]) -> Any:
+    def _request_here(self, op: str, *, fds: tuple[int, ...] = (), control: socket.socket | None = None,
+                      **args: Any) -> Any:
+        """``request`` to one monitor (``control``, by default the current one), never starting
+        another: used while a new monitor is being started, before other threads may use it."""
+        control = control or self.control
+        for _attempt in range(_ATTEMPTS):
+            try:
+                return self._request_once(op, fds, args, control)
+            except _Unanswered:
+                if _hung_up(control):
+                    break
+        raise MonitorError(f"the lazymem monitor stopped answering during {op!r} while it was being started")
+
+    def _request_once(self, op: str, fds: tuple[int, ...], args: dict[str, Any],
+                      control: socket.socket | None = None) -> Any:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with self._send_lock:
                 try:
-                    protocol.send_request_fds(self.control, theirs, fds)
-                except OSError as exc:
-                    raise MonitorError(f"the lazymem monitor is gone ({exc})") from exc
+                    protocol.send_request_fds(control or self.control, theirs, fds)
+                except OSError as exc:  # EPIPE, ECONNRESET: every monitor process has gone
+                    raise _Unanswered from exc
             theirs.close()
             try:
                 protocol.send_obj(mine, (op, args))
@@ -150,17 +249,156 @@ class MonitorClient:
         return value
 
     def alive(self) -> bool:
-        if os.getpid() == self._owner_pid:
-            return self.process.poll() is None
+        """Whether some monitor process still holds the other end of the control socket."""
+        return not _hung_up(self.control)
+
+    def restart(self, seen_generation: int | None = None) -> None:
+        """Every monitor process has died: start a new monitor and hand it every live region.
+
+        The userfaultfd stays ours (its ranges stay registered, so blocked readers keep waiting,
+        never read zeros); each region is registered again with ``restore``: the new monitor keeps
+        the complete chunks its memfd holds and wakes the range, so faults the dead monitor read
+        but never served are delivered again. ``seen_generation``: the generation in which the
+        caller saw the monitor dead; if another thread replaced it meanwhile, nothing is done.
+        """
+        from ..region import live_regions
+
+        with self._restart_lock:
+            if seen_generation is not None and seen_generation != self.generation:
+                return
+            if self.alive():
+                return
+            if os.getpid() != self.pid:
+                raise MonitorError("the lazymem monitor of a parent process is gone")
+            # The new monitor is published (self.control) only once it serves every region:
+            # meanwhile other threads' requests fail on the dead socket and wait for this lock.
+            for attempt in range(_RESTART_ATTEMPTS):
+                try:
+                    control, process = self._launch()
+                except Exception as exc:  # noqa: BLE001 - it died too (killed like its predecessor), or never started
+                    error: Exception = exc
+                else:
+                    try:
+                        for region in live_regions():
+                            if region.client is self:
+                                region.announce_again(control)
+                        break
+                    except Exception as exc:  # noqa: BLE001 - it died while taking the regions: try again
+                        error = exc
+                        control.close()
+                        threading.Thread(target=process.wait, daemon=True).start()
+                if attempt == _RESTART_ATTEMPTS - 1:
+                    raise MonitorError(f"the lazymem monitor died and {_RESTART_ATTEMPTS} new ones could not "
+                                       f"take over ({type(error).__name__}: {error})") from error
+            old_control, old_process = self.control, self.process
+            self.control, self.process = control, process
+            old_control.close()
+            if old_process is not None:
+                # Dying (it closed its end of the control socket), maybe not dead yet: reap it
+                # when it is, so that no zombie stays behind.
+                threading.Thread(target=old_process.wait, daemon=True).start()
+            self._spawn_standby()  # for the next time, before anyone waiting is told we are done
+            with self.restarted:
+                self.generation += 1
+                self.restarted.notify_all()
         try:
-            os.kill(self.process.pid, 0)
-        except ProcessLookupError:
-            return False
+            os.write(self._changed_w, b"x")  # the watcher polls the new control socket from now on
+        except BlockingIOError:
+            pass
+
+    def wait_for_generation(self, generation: int, timeout: float | None = None) -> bool:
+        """Block until this process has replaced a dead monitor ``generation`` times in all."""
+        with self.restarted:
+            return self.restarted.wait_for(lambda: self.generation >= generation, timeout)
+
+    # --- the watcher ------------------------------------------------------------------------------
+    def _watch(self) -> None:
+        threading.Thread(target=self._watch_loop, name="lazymem-monitor-watcher", daemon=True).start()
+
+    def _watch_loop(self) -> None:
+        """Wait (in poll, without the GIL) for the last monitor process to die, then restart it.
+
+        Also reaps the monitor process this process started, when it exits (a supervisor the
+        worker replaced), so that no zombie stays behind, and replaces a killed standby."""
+        while os.getpid() == self.pid:
+            try:
+                if not self._watch_once():
+                    return
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive any surprise
+                print(f"lazymem: monitor watcher: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+    def _watch_once(self) -> bool:
+        """One wait and what follows it; False once there is nothing left to watch."""
+        generation, control, process, standby = self.generation, self.control, self.process, self._standby
+        poller = select.poll()
+        poller.register(self._changed_r, select.POLLIN)  # a restart elsewhere swaps what is watched
+        for sock in (control, standby[1] if standby is not None else None):
+            fd = sock.fileno() if sock is not None else -1
+            if fd >= 0:  # closed meanwhile by a restart on another thread: the pipe says so
+                poller.register(fd, 0)  # POLLHUP and POLLERR are always reported
+        pidfd = -1
+        if process is not None and process.returncode is None:
+            try:
+                pidfd = os.pidfd_open(process.pid)
+                poller.register(pidfd, select.POLLIN)
+            except ProcessLookupError:
+                process.poll()
+        try:
+            ready = dict(poller.poll())
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
+        if self._changed_r in ready:
+            try:
+                os.read(self._changed_r, 64)
+            except BlockingIOError:
+                pass
+        if pidfd in ready and process is not None:
+            process.poll()
+        if standby is not None and standby[1].fileno() in ready:
+            with self._restart_lock:
+                if self._standby is standby:  # killed while waiting: reap it, start another
+                    self._standby = None
+                    standby[1].close()
+                    standby[0].wait()
+                    self._spawn_standby()
+        if control.fileno() in ready and generation == self.generation:
+            try:
+                self.restart(generation)
+            except MonitorError as exc:
+                self._give_up(exc)
+                return False
         return True
+
+    def _give_up(self, exc: BaseException) -> None:
+        """No monitor can be started: poison every region, so that readers blocked in a fault get
+        SIGBUS with this message rather than waiting for ever."""
+        from ..region import live_regions
+
+        print(f"lazymem: {exc}; poisoning every lazy array of this process: readers get SIGBUS",
+              file=sys.stderr, flush=True)
+        for region in live_regions():
+            if region.client is self and region.usable:
+                try:
+                    uffd.poison(self.uffd, region.address, region.length, page=region.page_size)
+                except OSError:
+                    pass
+
+
+_ATTEMPTS = 8
+_RESTART_ATTEMPTS = 5
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    if sock.fileno() < 0:
+        return True
+    poller = select.poll()
+    poller.register(sock, 0)
+    return any(events & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _fd, events in poller.poll(0))
 
 
 class _Unanswered(Exception):
-    """The monitor closed a request's socket without answering (it died meanwhile)."""
+    """The monitor closed a request's socket without answering, or the control socket is dead."""
 
 
 _client: MonitorClient | None = None
@@ -192,10 +430,13 @@ def _after_fork_in_child() -> None:
     from ..region import live_regions
 
     regions = [region for region in live_regions() if region.client is parent and region.usable]
-    try:
-        os.close(parent.uffd)  # the parent's userfaultfd serves the parent's address space only
-    except OSError:
-        pass
+    for fd in (parent.uffd, parent._changed_r, parent._changed_w):
+        try:
+            os.close(fd)  # the parent's userfaultfd serves the parent's address space only
+        except OSError:
+            pass
+    if parent._standby is not None:  # the parent's: it must see the parent exit
+        parent._standby[1].close()
     if not regions:
         parent.control.close()  # so the monitor does not outlive the parent because of us
         return

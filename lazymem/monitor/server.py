@@ -25,6 +25,7 @@ import queue
 import select
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -219,6 +220,14 @@ class Client:
     starts: list[int] = field(default_factory=list)
     regions: list[ServedRegion] = field(default_factory=list)
 
+    def gone(self) -> bool:
+        """Whether the process has exited (its pidfd is readable then)."""
+        if self.pidfd < 0:
+            return False
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        return bool(poller.poll(0))
+
     def region_at(self, address: int) -> ServedRegion | None:
         i = bisect_right(self.starts, address) - 1
         if i >= 0:
@@ -229,9 +238,13 @@ class Client:
 
 
 class Monitor:
-    def __init__(self, control: socket.socket, workers: int, journal: Journal | None = None) -> None:
+    def __init__(self, control: socket.socket, workers: int, journal: Journal | None = None,
+                 supervisor_pid: int = 0) -> None:
         self.control = control
         self.journal = journal
+        self.supervisor_pid = supervisor_pid
+        self.supervisor: subprocess.Popen[bytes] | None = None  # one we started (our child), see _replace_supervisor
+        self.supervisor_lock = threading.Lock()
         self.clients: dict[int, Client] = {}  # by client pid, the key the app sends
         self.by_fd: dict[int, Client] = {}  # by userfaultfd, for the poll loop
         self.by_pidfd: dict[int, Client] = {}
@@ -246,6 +259,8 @@ class Monitor:
         # A pipe lets request threads wake the poll loop when the set of uffds changes.
         self.wakeup_r, self.wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.poller.register(self.wakeup_r, select.POLLIN)
+        if journal is not None:  # it hangs up when the supervisor dies
+            self.poller.register(journal.fileno(), select.POLLIN)
         self.workers: list[threading.Thread] = []
         self.base_workers = workers
         self._ensure_workers(workers)
@@ -274,6 +289,13 @@ class Monitor:
                         pass
                 elif fd in self.by_pidfd:
                     self._drop_client(self.by_pidfd[fd])
+                elif self.journal is not None and fd == self.journal.fileno():
+                    if _hung_up(self.journal.sock):  # the supervisor died
+                        try:
+                            self.poller.unregister(fd)  # registered again once a new one listens
+                        except KeyError:  # a request (pids) is replacing it already
+                            pass
+                        threading.Thread(target=self._ensure_supervisor, daemon=True).start()
                 else:
                     client = self.by_fd.get(fd)
                     if client is None:
@@ -284,6 +306,54 @@ class Monitor:
                     for message in uffd.read_messages(fd):
                         if isinstance(message, uffd.PageFault):
                             self._on_fault(client, message.address)
+
+    def _ensure_supervisor(self) -> None:
+        """If our supervisor died, start a new one that adopts us and journal everything to it.
+
+        Not in the poll loop: starting a process and journaling every array take milliseconds to
+        seconds, and faults must go on being served meanwhile."""
+        if self.journal is None:
+            return
+        with self.supervisor_lock:
+            if _hung_up(self.journal.sock):
+                self._replace_supervisor(self.journal)
+
+    def _replace_supervisor(self, journal: Journal) -> None:
+        try:
+            self.poller.unregister(journal.fileno())
+        except KeyError:
+            pass
+        if self.supervisor is not None:
+            self.supervisor.wait()  # reap the one we started before (it is our child)
+        here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Our pidfd, not just our pid: if we die before it starts, our pid may name another process.
+        me = os.pidfd_open(os.getpid())
+        args = [sys.executable, "-m", "lazymem.monitor", str(self.control.fileno()), str(self.base_workers),
+                "--adopt", str(os.getpid()), str(me), str(there.fileno())]
+        try:
+            self.supervisor = subprocess.Popen(args, pass_fds=(self.control.fileno(), me, there.fileno()),
+                                               stdin=subprocess.DEVNULL)
+        except OSError as exc:  # a worker alone still serves; only its own death is fatal now
+            print(f"lazymem monitor: cannot start a new supervisor ({exc})", file=sys.stderr, flush=True)
+            here.close()
+            return
+        finally:
+            there.close()
+            os.close(me)
+        self.supervisor_pid = self.supervisor.pid
+        journal.replace(here, self._snapshot)
+        self.poller.register(journal.fileno(), select.POLLIN)
+        os.write(self.wakeup_w, b"x")
+
+    def _snapshot(self) -> list[tuple[str, dict[str, Any], tuple[int, ...]]]:
+        """Journal records that rebuild what we serve now: clients first, then their regions."""
+        with self.lock:
+            records: list[tuple[str, dict[str, Any], tuple[int, ...]]] = [
+                ("client", {"pid": c.pid}, (c.uffd,) if c.pidfd < 0 else (c.uffd, c.pidfd))
+                for c in self.clients.values()]
+            for region in self.regions.values():
+                records.append(("region", {**region.spec, "group": region.group}, (region.memfd,)))
+        return records
 
     def _on_fault(self, client: Client, address: int) -> None:
         with self.lock:
@@ -621,12 +691,17 @@ class Monitor:
     def _fail(self, job: Job, exc: BaseException) -> None:
         region, chunk = job.region, job.chunk
         job.error = exc
+        # The reading process has exited (a pool worker done with its task): its address space is
+        # gone, so the install failed (ESRCH); nothing is wrong with the chunk and nobody is left
+        # to warn or poison. Other processes waiting for it fault again and get a fresh job.
+        gone = region.client.gone() or (isinstance(exc, OSError) and exc.errno == errno.ESRCH)
         with region.lock:
             region.resident_set.in_flight -= job.reserved
             region.jobs.pop(chunk, None)
             others = list(job.others)
-            region.stats.failures += 1
-            demanded = job.priority == DEMAND
+            if not gone:
+                region.stats.failures += 1
+            demanded = job.priority == DEMAND and not gone
             # A failed readahead or prefetch leaves the chunk absent: a later touch retries it.
             region.state[chunk] = FAILED if demanded and not region.closed else ABSENT
         offset, _, span = region.chunk_span(chunk)
@@ -647,15 +722,20 @@ class Monitor:
         job.done.set()
 
     def _poison(self, region: ServedRegion, offset: int, span: int) -> None:
+        client = region.client
         try:
-            uffd.poison(region.client.uffd, region.start + offset, span, page=region.page_size)
+            uffd.poison(client.uffd, region.start + offset, span, page=region.page_size)
         except OSError as exc:
-            # Without UFFDIO_POISON the blocked thread would wait forever: kill the app loudly.
+            if client.gone():
+                return  # it exited meanwhile: nobody waits
+            # Without UFFDIO_POISON the blocked thread would wait forever: kill the app loudly,
+            # through its pidfd only: a bare pid may name another process by now.
             print(f"lazymem monitor: UFFDIO_POISON failed ({exc}); sending SIGBUS to the app", file=sys.stderr)
-            try:
-                os.kill(region.client.pid, signal.SIGBUS)
-            except OSError:
-                pass
+            if client.pidfd >= 0:
+                try:
+                    signal.pidfd_send_signal(client.pidfd, signal.SIGBUS)
+                except OSError:
+                    pass
 
     def _safe_wake(self, region: ServedRegion, offset: int, span: int) -> None:
         try:
@@ -696,18 +776,26 @@ class Monitor:
     def _op_ping(self) -> int:
         return os.getpid()
 
-    def _op_hello(self, uffd_fd: int, *, pid: int) -> tuple[int, int]:
-        """Serve a process's userfaultfd; its pid is its key in later requests."""
-        self._add_client(uffd_fd, pid)
+    def _op_pids(self) -> tuple[int, int]:
+        """(supervisor, worker): the monitor's processes now (a dead supervisor is replaced first)."""
+        self._ensure_supervisor()
+        return self.supervisor_pid, os.getpid()
+
+    def _op_hello(self, uffd_fd: int, pidfd: int = -1, *, pid: int) -> tuple[int, int]:
+        """Serve a process's userfaultfd; its pid is its key in later requests. Its pidfd, sent
+        by the process itself, names that very process for as long as we keep it: a signal sent
+        through it can never reach another process that was given the same pid later."""
+        self._add_client(uffd_fd, pid, pidfd)
         if self.journal:
-            self.journal.record("client", {"pid": pid}, (uffd_fd,))
+            self.journal.record("client", {"pid": pid}, (uffd_fd,) if pidfd < 0 else (uffd_fd, pidfd))
         return pid, os.getpid()
 
-    def _add_client(self, uffd_fd: int, pid: int) -> None:
-        try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            pidfd = -1
+    def _add_client(self, uffd_fd: int, pid: int, pidfd: int = -1) -> None:
+        if pidfd < 0:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                pidfd = -1
         with self.lock:
             old = self.clients.pop(pid, None)
             client = self.clients[pid] = self.by_fd[uffd_fd] = Client(uffd_fd, pid, pidfd)
@@ -738,10 +826,16 @@ class Monitor:
             raise MonitorError(f"unknown client {key}")
         return client
 
-    def _op_register(self, memfd: int, *, request: protocol.Message | None = None, **spec: Any) -> None:
-        self._add_region(memfd, spec)
+    def _op_register(self, memfd: int, *, request: protocol.Message | None = None, restore: bool = False,
+                     **spec: Any) -> None:
+        """Serve a region; ``restore``: the app hands over a region a dead monitor served (see
+        ``client.MonitorClient.restart``), whose complete chunks are in its memfd already and
+        whose readers may wait on faults nobody will answer: wake them, they fault again."""
+        self._add_region(memfd, spec, restoring=restore)
         if self.journal:
             self.journal.record("region", spec, (memfd,), request=request)
+        if restore:
+            self._safe_wake(self._region(spec["client"], spec["region_id"]), 0, spec["length"])
 
     def _add_region(self, memfd: int, spec: dict[str, Any], *, restoring: bool = False) -> None:
         owner = self._client(spec["client"])
@@ -936,6 +1030,12 @@ class Monitor:
             self.journal.record("drop", {"pid": client.pid})
 
 
+def _hung_up(sock: socket.socket) -> bool:
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return any(events & (select.POLLHUP | select.POLLERR) for _fd, events in poller.poll(0))
+
+
 def _pieces(lo: int, hi: int, fault_at: int, piece: int = FIRST_PIECE) -> list[tuple[int, int]]:
     """``[lo, hi)`` in install order: the aligned ``piece`` holding ``fault_at``, then the rest."""
     if not lo <= fault_at < hi or hi - lo <= piece:
@@ -961,12 +1061,14 @@ def _max_in_flight(spec: dict[str, Any]) -> int | None:
     return int(given) if given else _source(spec).hints.max_in_flight
 
 
-def serve(control: socket.socket, journal: Journal | None, restored: Restored | None, workers: int) -> None:
+def serve(control: socket.socket, journal: Journal | None, restored: Restored | None, workers: int,
+          supervisor_pid: int = 0) -> None:
     """Run a monitor until the app has gone; rebuild the state a dead predecessor left first."""
-    monitor = Monitor(control, workers, journal)
+    name_process("lazymem-worker")
+    monitor = Monitor(control, workers, journal, supervisor_pid)
     if restored is not None:
-        for pid, uffd_fd in restored.clients.items():
-            monitor._add_client(uffd_fd, pid)
+        for pid, (uffd_fd, pidfd) in restored.clients.items():
+            monitor._add_client(uffd_fd, pid, pidfd)
         for memfd, request in restored.regions:
             with request:  # our copy of the supervisor's memfd, inherited: the mapping is enough
                 _op, spec = request.load()
@@ -979,15 +1081,37 @@ def main(argv: list[str] | None = None) -> None:
     from .supervisor import supervise
 
     argv = sys.argv[1:] if argv is None else argv
+    # Ctrl-C in the app's terminal must not kill the monitor under a thread blocked in a fault.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if argv[0] == "--standby":  # see client.MonitorClient._spawn_standby
+        name_process("lazymem-standby")
+        standby = socket.socket(fileno=int(argv[1]))
+        _msg, fds, _flags, _addr = socket.recv_fds(standby, 1, 1)
+        standby.close()
+        if not fds:
+            os._exit(0)  # the app has gone without needing us
+        argv = [str(fds[0]), *argv[2:]]
     control = socket.socket(fileno=int(argv[0]))
     # Decompression is CPU-bound: one worker per core for local files (measured: 4 workers on 2
     # cores took 2.49 s and 4.16 CPU-s for a 1 GiB scan, 2 workers 2.19 s and 3.63 CPU-s). Arrays
     # on network storage add workers for the requests they keep in flight (max_in_flight).
-    workers = int(argv[1]) if len(argv) > 1 else max(2, os.cpu_count() or 1)
-    # Ctrl-C in the app's terminal must not kill the monitor under a thread blocked in a fault.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    workers = int(argv[1]) if len(argv) > 1 and argv[1] != "0" else max(2, os.cpu_count() or 1)
+    # A running worker whose supervisor died started us: ``--adopt PID PIDFD LINK_FD``.
+    adopt = None
+    if len(argv) > 5 and argv[2] == "--adopt":
+        adopt = (int(argv[3]), int(argv[4]), socket.socket(fileno=int(argv[5])))
     raise_open_file_limit()
-    os._exit(supervise(control, workers))
+    os._exit(supervise(control, workers, adopt))
+
+
+def name_process(name: str) -> None:
+    """Name this process for ps and top (``comm``, 15 bytes): supervisor, worker and standby
+    share one command line (a worker is a fork of its supervisor)."""
+    try:
+        with open("/proc/self/comm", "w") as comm:
+            comm.write(name[:15])
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

@@ -12,6 +12,14 @@ fault again, this time to a monitor that answers. Pages the dead worker installe
 
 If workers keep dying, recovery is impossible: the supervisor poisons every registered range so
 that waiting threads get SIGBUS with a message on stderr rather than hanging forever.
+
+The two watch each other. When the supervisor dies, the worker sees its end of the journal hang
+up and starts a new supervisor (``python -m lazymem.monitor --adopt``) to which it journals its
+whole state again; the new supervisor adopts the running worker (it watches it through a pidfd)
+and forks a new worker from that journal when it dies. Whether the app has gone is read from the
+control socket (it hangs up when the app's last copy of its end closes), not from how a worker
+exited: an adopted worker is not the new supervisor's child, whose exit status it cannot read.
+If both die at once, the app's own watcher starts a new monitor (see ``client``).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,12 +50,33 @@ class Journal:
         self.sock = sock
         self.lock = threading.Lock()
 
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def replace(self, sock: socket.socket, snapshot: Callable[[], list[tuple[str, dict[str, Any], tuple[int, ...]]]]
+                ) -> None:
+        """Journal to a new supervisor from now on, starting with ``snapshot()``: everything served.
+
+        Taken under the journal's lock, so that a change made before it is in the snapshot (its
+        own record went to the dead supervisor, or comes after the snapshot and is applied twice,
+        which ``_State.apply`` takes), and a change made after it is journaled after it."""
+        with self.lock:
+            old, self.sock = self.sock, sock
+            old.close()
+            for kind, spec, fds in snapshot():
+                self._send(kind, spec, fds, None)
+            self._send("ready", {}, (), None)  # the whole state: a worker may be forked from it
+
     def record(self, kind: str, spec: dict[str, Any], fds: tuple[int, ...] = (), *,
                request: protocol.Message | None = None) -> None:
         """Journal one change. A region travels with its ``("register", spec)`` request as a
         message: ``request``, the app's own when it has it (its pickle, and the memfd holding its
         frame table, which the supervisor receives as an fd: a 1 TiB array's 2 MiB table is never
         copied again), else packed here."""
+        with self.lock:
+            self._send(kind, spec, fds, request)
+
+    def _send(self, kind: str, spec: dict[str, Any], fds: tuple[int, ...], request: protocol.Message | None) -> None:
         packed = None
         if kind == "region":
             # Opaque to the supervisor: unpickling a reader there could start threads (fsspec's
@@ -55,11 +85,14 @@ class Journal:
                 request = packed = protocol.Message.pack(("register", spec))
             spec = _summary(spec)
         try:
-            with self.lock:
-                socket.send_fds(self.sock, [b"J"], list(fds))
-                protocol.send_obj(self.sock, (kind, spec))
-                if request is not None:
-                    protocol.send_message(self.sock, request)
+            socket.send_fds(self.sock, [b"J"], list(fds))
+            protocol.send_obj(self.sock, (kind, spec))
+            if request is not None:
+                protocol.send_message(self.sock, request)
+        except OSError:
+            # The supervisor is gone: the worker's poll loop sees its link hang up and journals
+            # everything, this change included, to the one it starts next (``replace``).
+            pass
         finally:
             if packed is not None:  # the supervisor has its own copy of the memfd now
                 packed.close()
@@ -74,7 +107,7 @@ def _summary(spec: dict[str, Any]) -> dict[str, Any]:
 class Restored:
     """What a new worker takes over: the supervisor's copies of the fds, and the descriptions."""
 
-    clients: dict[int, int] = field(default_factory=dict)  # client pid -> userfaultfd
+    clients: dict[int, tuple[int, int]] = field(default_factory=dict)  # client pid -> (userfaultfd, pidfd)
     # (region memfd, its register request as the app sent it); the worker inherits the request's
     # memfd with the fork, maps it and closes its copy.
     regions: list[tuple[int, protocol.Message]] = field(default_factory=list)
@@ -92,17 +125,20 @@ class _Region:
 
 
 class _State:
-    def __init__(self) -> None:
-        self.clients: dict[int, int] = {}
+    def __init__(self, complete: bool = True) -> None:
+        self.clients: dict[int, tuple[int, int]] = {}  # pid -> (userfaultfd, pidfd or -1)
         self.regions: dict[tuple[int, int], _Region] = {}
+        # Whether this is all the worker serves. Not until an adopted worker says "ready": a
+        # worker forked from half its state would wake readers of arrays it does not know, for ever.
+        self.complete = complete
 
     def apply(self, kind: str, spec: dict[str, Any], fds: list[int],
               request: protocol.Message | None = None) -> None:
-        if kind == "client":
-            old = self.clients.pop(spec["pid"], None)
-            if old is not None:
-                os.close(old)
-            self.clients[spec["pid"]] = fds[0]
+        if kind == "ready":
+            self.complete = True
+        elif kind == "client":
+            _close_client(self.clients.pop(spec["pid"], None))
+            self.clients[spec["pid"]] = (fds[0], fds[1] if len(fds) > 1 else -1)
         elif kind == "region":
             assert request is not None
             region = _Region(fds[0], spec, request)
@@ -116,14 +152,18 @@ class _State:
             if entry is not None:
                 entry.close()
         elif kind == "drop":
-            fd = self.clients.pop(spec["pid"], None)
-            if fd is not None:
-                os.close(fd)
+            _close_client(self.clients.pop(spec["pid"], None))
             for key in [k for k in self.regions if k[0] == spec["pid"]]:
                 self.regions.pop(key).close()
 
     def restored(self) -> Restored:
         return Restored(dict(self.clients), [(r.memfd, r.request) for r in self.regions.values()])
+
+
+def _close_client(fds: tuple[int, int] | None) -> None:
+    for fd in fds or ():
+        if fd >= 0:
+            os.close(fd)
 
 
 def _read_record(link: socket.socket, state: _State) -> bool:
@@ -147,9 +187,12 @@ def _read_record(link: socket.socket, state: _State) -> bool:
     return True
 
 
-def _follow(pid: int, link: socket.socket, state: _State) -> int:
-    """Keep the journal until the worker exits; return its wait status."""
-    pidfd = os.pidfd_open(pid)
+def _follow(pid: int, link: socket.socket, state: _State, *, pidfd: int = -1) -> int | None:
+    """Keep the journal until the worker exits; return its wait status. ``pidfd``: an adopted
+    worker's, which is not our child: its status is not ours to read (None)."""
+    child = pidfd < 0
+    if child:
+        pidfd = os.pidfd_open(pid)
     poller = select.poll()
     poller.register(link, select.POLLIN)
     poller.register(pidfd, select.POLLIN)
@@ -161,6 +204,8 @@ def _follow(pid: int, link: socket.socket, state: _State) -> int:
             if pidfd in ready or link.fileno() in ready:
                 while _read_record(link, state):  # drain what it wrote before dying
                     pass
+                if not child:
+                    return None
                 _, status = os.waitpid(pid, 0)
                 return status
     finally:
@@ -170,8 +215,8 @@ def _follow(pid: int, link: socket.socket, state: _State) -> int:
 def _poison_everything(state: _State) -> None:
     for region in state.regions.values():
         spec = region.summary
-        fd = state.clients.get(spec["client"])
-        if fd is None:
+        fd, _pidfd = state.clients.get(spec["client"], (-1, -1))
+        if fd < 0:
             continue
         try:
             uffd.poison(fd, spec["start"], spec["length"], page=spec["page_size"])
@@ -179,31 +224,57 @@ def _poison_everything(state: _State) -> None:
             print(f"lazymem monitor: cannot poison {spec['url']}: {exc}", file=sys.stderr)
 
 
-def supervise(control: socket.socket, workers: int) -> int:
-    """Run workers until the app has gone; return the supervisor's exit code."""
-    from .server import serve
+def app_gone(control: socket.socket) -> bool:
+    """Whether the app (with its forked children) has closed its end of the control socket."""
+    poller = select.poll()
+    poller.register(control, select.POLLIN)
+    return any(events & (select.POLLHUP | select.POLLERR) for _fd, events in poller.poll(0))
 
-    state = _State()
+
+def supervise(control: socket.socket, workers: int, adopt: tuple[int, int, socket.socket] | None = None) -> int:
+    """Run workers until the app has gone; return the supervisor's exit code.
+
+    ``adopt``: (pid, pidfd, journal link) of a running worker whose supervisor died; it journals
+    its state to us and we take over from there."""
+    from .server import name_process, serve
+
+    name_process("lazymem-super")
+    state = _State(complete=adopt is None)
     deaths: deque[float] = deque()
+    supervisor = os.getpid()
     while True:
-        link_here, link_there = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        restored = state.restored() if state.clients else None
-        pid = os.fork()
-        if pid == 0:  # the worker
-            link_here.close()
-            try:
-                serve(control, Journal(link_there), restored, workers)
-            except BaseException:  # noqa: BLE001 - report, and let the supervisor restart us
-                traceback.print_exc()
-                os._exit(70)
-            os._exit(0)
-        link_there.close()
-        status = _follow(pid, link_here, state)
+        if adopt is not None:
+            pid, pidfd, link_here = adopt
+            adopt = None
+        else:
+            pidfd = -1
+            link_here, link_there = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            restored = state.restored() if state.clients else None
+            pid = os.fork()
+            if pid == 0:  # the worker
+                link_here.close()
+                try:
+                    serve(control, Journal(link_there), restored, workers, supervisor)
+                except BaseException:  # noqa: BLE001 - report, and let the supervisor restart us
+                    traceback.print_exc()
+                    os._exit(70)
+                os._exit(0)
+            link_there.close()
+        status = _follow(pid, link_here, state, pidfd=pidfd)
         link_here.close()
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        if app_gone(control) or (status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
             return 0  # the app has gone and the worker with it
-        cause = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
-                 else f"exit status {os.WEXITSTATUS(status)}")
+        if not state.complete:
+            # The worker that adopted us died before it told us everything: we cannot take over.
+            # Exiting closes our end of the control socket; with no monitor process left, the
+            # app sees it hang up and starts a new monitor from its own state.
+            return 1
+        if status is None:
+            cause = "killed"
+        elif os.WIFSIGNALED(status):
+            cause = f"signal {os.WTERMSIG(status)}"
+        else:
+            cause = f"exit status {os.WEXITSTATUS(status)}"
         now = time.monotonic()
         deaths.append(now)
         while deaths and now - deaths[0] > RESTART_WINDOW:
