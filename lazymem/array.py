@@ -23,8 +23,8 @@ from .mapped import MappedArray, map_npy
 from .monitor.client import get_client
 from .region import Region
 from .sources import absolute_url, open_source
-from .sources.flat import choose_unit_bytes
-from .storage import is_local_file
+from .sources.base import Source
+from .sources.flat import FlatSource
 from .storage.remote import check_shareable, share_whole_file_cache
 
 DEFAULT_READAHEAD = 8  # chunks; the window grows up to this on sequential access
@@ -66,13 +66,13 @@ class Stats:
         return self.fetch_seconds + self.install_seconds
 
 
-def _choose_chunk_bytes(reader: Any, nbytes: int, requested: int | None) -> int:
-    """Install unit: as requested, else the source's choice (see sources.flat.choose_unit_bytes)."""
+def _choose_chunk_bytes(source: Source, requested: int | None) -> int:
+    """Install unit: as requested, else the source's choice."""
     if requested is not None:
         if requested <= 0 or requested % PAGE_SIZE:
             raise ValueError(f"chunk_bytes must be a positive multiple of {PAGE_SIZE} (got {requested!r})")
         return requested
-    return choose_unit_bytes(reader, nbytes)
+    return source.default_unit_bytes()
 
 
 class LazyArray(np.ndarray):
@@ -383,40 +383,39 @@ def open(
     share_whole_file_cache(reader.fs)  # one simplecache download for this process and the monitor
     if max_in_flight is not None and (isinstance(max_in_flight, bool) or int(max_in_flight) < 1):
         raise ValueError(f"max_in_flight must be a positive int (got {max_in_flight!r})")
-    header = reader.header
-    if reader.format_name == "npy" and reader.storage.is_local and header.nbytes:
+    if reader.format_name == "npy" and reader.storage.is_local and reader.header.nbytes:
         # An uncompressed local .npy: the kernel's own page cache and mmap beat anything we could
         # do (no fault round trips, readahead for free). Same read-only ndarray contract.
         return map_npy(reader.path, url)  # type: ignore[return-value]
-    if header.nbytes == 0:
-        empty = np.ndarray.__new__(LazyArray, header.shape, header.dtype,
-                                   order="F" if header.fortran_order else "C")
+    # From here on only the source interface: what the monitor serves is a Source.
+    source = FlatSource(reader, url)
+    nbytes, shape, dtype, order = source.nbytes, source.shape, source.dtype, source.order
+    if nbytes == 0:
+        empty = np.ndarray.__new__(LazyArray, shape, dtype, order=order)
         empty.flags.writeable = False
         return empty
     budget = parse_size(max_resident) if max_resident is not None else default_max_resident()
     huge_page = _huge_page_size(huge_pages)
     client = get_client()
-    chunk_size = _choose_chunk_bytes(reader, header.nbytes, chunk_bytes)
+    chunk_size = _choose_chunk_bytes(source, chunk_bytes)
     if huge_page:
         if chunk_bytes is not None and chunk_bytes % huge_page:
             raise ValueError(f"with huge pages, chunk_bytes must be a multiple of {huge_page} (got {chunk_bytes})")
         chunk_size = round_up(chunk_size, huge_page)
-        budget = header.nbytes  # reserved from the pool at open: no eviction to stay within a budget
-    region = Region(client, header.nbytes, name=f"lazymem:{url}", huge_page=huge_page)
+        budget = nbytes  # reserved from the pool at open: no eviction to stay within a budget
+    region = Region(client, nbytes, name=f"lazymem:{url}", huge_page=huge_page)
     try:
-        region.announce(reader=reader, data_offset=header.data_offset, chunk_size=chunk_size,
-                        url=url, readahead=_readahead(readahead, reader.fs),
-                        max_resident=budget if budget < header.nbytes else None, max_in_flight=max_in_flight)
+        region.announce(source=source, chunk_size=chunk_size, url=url,
+                        readahead=_readahead(readahead, source.hints.remote),
+                        max_resident=budget if budget < nbytes else None, max_in_flight=max_in_flight)
         buffer = region.buffer()
     except BaseException:
         region.release()
         raise
     # np.frombuffer keeps the read-only memoryview as the base (np.ndarray(buffer=memoryview) would
     # unwrap it to the writable ctypes object, and then `flags.writeable = True` would be allowed).
-    flat = np.frombuffer(buffer, dtype=np.uint8, count=header.nbytes)
-    arr = np.ndarray.__new__(
-        LazyArray, header.shape, header.dtype, buffer=flat, order="F" if header.fortran_order else "C"
-    )
+    flat = np.frombuffer(buffer, dtype=np.uint8, count=nbytes)
+    arr = np.ndarray.__new__(LazyArray, shape, dtype, buffer=flat, order=order)
     arr._lazy = _Handle(region, url, chunk_size, region.address, storage_options,
                         {"chunk_bytes": chunk_bytes, "readahead": readahead, "max_resident": max_resident,
                          "max_in_flight": max_in_flight, "huge_pages": huge_pages})
@@ -435,12 +434,12 @@ def _huge_page_size(requested: bool | None) -> int:
     return size
 
 
-def _readahead(requested: int | None, fs: Any) -> int:
+def _readahead(requested: int | None, remote: bool) -> int:
     if requested is not None:
         if isinstance(requested, bool) or int(requested) < 0:
             raise ValueError(f"readahead must be a non-negative int (got {requested!r})")
         return int(requested)
-    return DEFAULT_READAHEAD if is_local_file(fs) else REMOTE_READAHEAD
+    return REMOTE_READAHEAD if remote else DEFAULT_READAHEAD
 
 
 def stats(arr: np.ndarray) -> Stats:

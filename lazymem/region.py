@@ -108,10 +108,11 @@ class Region:
         self.closed = True
         self.address = 0
 
-    def announce(self, *, reader: Any, data_offset: int, chunk_size: int, url: str, readahead: int,
+    def announce(self, *, source: Any, chunk_size: int, url: str, readahead: int,
                  max_resident: int | None, max_in_flight: int | None = None) -> None:
-        """Tell the monitor how to fill this region; faults can be served once this returns."""
-        self._description = {"data_offset": data_offset, "chunk_size": chunk_size, "reader": reader, "url": url,
+        """Tell the monitor how to fill this region (its ``Source``, units of ``chunk_size``);
+        faults can be served once this returns."""
+        self._description = {"source": source, "chunk_size": chunk_size, "url": url,
                              "readahead": readahead, "max_resident": max_resident, "max_in_flight": max_in_flight}
         self.client.request("register", fds=(self.memfd,), **self._register_args())
 

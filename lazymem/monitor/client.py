@@ -98,8 +98,11 @@ class MonitorClient:
                 region.remap_in_child(self)
             try:
                 self._hello()
-                self.request("fork", client=self.uffd_key, parent=parent.uffd_key,
-                             region_ids=[region.region_id for region in regions])
+                gone = self.request("fork", client=self.uffd_key, parent=parent.uffd_key,
+                                    region_ids=[region.region_id for region in regions])
+                for region in regions:  # released by the parent after the fork: garbage here too
+                    if region.region_id in (gone or ()):
+                        region.forget_in_child()
             except MonitorError:
                 if self.generation > 0:
                     pass  # the parent's monitor died under the request: ours has our regions already

@@ -808,17 +808,28 @@ class Monitor:
             self.poller.register(pidfd, select.POLLIN)
         os.write(self.wakeup_w, b"x")
 
-    def _op_fork(self, *, client: int, parent: int, region_ids: list[int]) -> None:
+    def _op_fork(self, *, client: int, parent: int, region_ids: list[int]) -> list[int]:
         """A forked child mapped the parent's memfds at the same addresses and registered them with
-        its own userfaultfd: serve them like the parent's, sharing reader and installed chunks."""
+        its own userfaultfd: serve them like the parent's, sharing reader and installed chunks.
+
+        Returns the regions the parent no longer has: it released them (their arrays were garbage,
+        collected in the parent) between the fork and this request. They are garbage in the child
+        too, which unmaps them (a touch is SIGSEGV, never zeros) and keeps the others."""
+        self._client(parent)
+        gone = []
         for region_id in region_ids:
-            original = self._region(parent, region_id)
-            memfd = os.dup(original.memfd)
+            with self.lock:  # a close pops the region under this lock, and closes its memfd after
+                original = self.regions.get((parent, region_id))
+                memfd = os.dup(original.memfd) if original is not None else -1
+            if original is None:
+                gone.append(region_id)
+                continue
             spec = {**original.spec, "client": client, "group": original.group}
             self._add_region(memfd, spec)
             self.regions[(client, region_id)].sealed = original.sealed  # closed before the fork
             if self.journal:
                 self.journal.record("region", spec, (memfd,))
+        return gone
 
     def _client(self, key: int) -> Client:
         client = self.clients.get(key)
