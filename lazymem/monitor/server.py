@@ -44,7 +44,9 @@ from . import protocol
 from .budget import ResidentSet
 from .buffers import BufferPool
 from .inflight import MAX_WORKERS, FetchSlots
-from .supervisor import Journal, Restored
+from .journal import Journal, Restored
+from .process import hung_up, name_process
+from .supervisor import supervise
 
 ABSENT, PENDING, PRESENT, FAILED = 0, 1, 2, 3
 DEMAND, PREFETCH, READAHEAD = 0, 1, 2  # job priorities, most urgent first
@@ -290,7 +292,7 @@ class Monitor:
                 elif fd in self.by_pidfd:
                     self._drop_client(self.by_pidfd[fd])
                 elif self.journal is not None and fd == self.journal.fileno():
-                    if _hung_up(self.journal.sock):  # the supervisor died
+                    if hung_up(self.journal.sock):  # the supervisor died
                         try:
                             self.poller.unregister(fd)  # registered again once a new one listens
                         except KeyError:  # a request (pids) is replacing it already
@@ -315,7 +317,7 @@ class Monitor:
         if self.journal is None:
             return
         with self.supervisor_lock:
-            if _hung_up(self.journal.sock):
+            if hung_up(self.journal.sock):
                 self._replace_supervisor(self.journal)
 
     def _replace_supervisor(self, journal: Journal) -> None:
@@ -1030,12 +1032,6 @@ class Monitor:
             self.journal.record("drop", {"pid": client.pid})
 
 
-def _hung_up(sock: socket.socket) -> bool:
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return any(events & (select.POLLHUP | select.POLLERR) for _fd, events in poller.poll(0))
-
-
 def _pieces(lo: int, hi: int, fault_at: int, piece: int = FIRST_PIECE) -> list[tuple[int, int]]:
     """``[lo, hi)`` in install order: the aligned ``piece`` holding ``fault_at``, then the rest."""
     if not lo <= fault_at < hi or hi - lo <= piece:
@@ -1078,8 +1074,6 @@ def serve(control: socket.socket, journal: Journal | None, restored: Restored | 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .supervisor import supervise
-
     argv = sys.argv[1:] if argv is None else argv
     # Ctrl-C in the app's terminal must not kill the monitor under a thread blocked in a fault.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -1101,17 +1095,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(argv) > 5 and argv[2] == "--adopt":
         adopt = (int(argv[3]), int(argv[4]), socket.socket(fileno=int(argv[5])))
     raise_open_file_limit()
-    os._exit(supervise(control, workers, adopt))
-
-
-def name_process(name: str) -> None:
-    """Name this process for ps and top (``comm``, 15 bytes): supervisor, worker and standby
-    share one command line (a worker is a fork of its supervisor)."""
-    try:
-        with open("/proc/self/comm", "w") as comm:
-            comm.write(name[:15])
-    except OSError:
-        pass
+    os._exit(supervise(control, workers, serve, adopt))
 
 
 if __name__ == "__main__":
