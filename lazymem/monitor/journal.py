@@ -46,8 +46,8 @@ class Journal:
                request: protocol.Message | None = None) -> None:
         """Journal one change. A region travels with its ``("register", spec)`` request as a
         message: ``request``, the app's own when it has it (its pickle, and the memfd holding its
-        frame table, which the supervisor receives as an fd: a 1 TiB array's 2 MiB table is never
-        copied again), else packed here."""
+        big buffers, e.g. a source's index, which the supervisor receives as an fd: a 1 TiB
+        array's 2 MiB index is never copied again), else packed here."""
         with self.lock:
             self._send(kind, spec, fds, request)
 

@@ -8,7 +8,7 @@ and description (the app's register request as it came: its pickle, and the memf
 buffers, see ``protocol``). When the worker dies, the supervisor forks a new one from that journal; the new
 worker wakes every registered range (``UFFDIO_WAKE``), so blocked threads retry their access and
 fault again, this time to a monitor that answers. Pages the dead worker installed stay installed
-(installs are whole pages; the rest of a half-installed chunk is skipped with EEXIST).
+(installs are whole pages; the rest of a half-installed unit is skipped with EEXIST).
 
 If workers keep dying, recovery is impossible: the supervisor poisons every registered range so
 that waiting threads get SIGBUS with a message on stderr rather than hanging forever.
