@@ -376,7 +376,8 @@ def test_a_plain_local_npy_has_the_lazy_array_extras(tmp_path: Path) -> None:
 
 
 def test_a_demand_install_copies_the_readers_piece_first_and_everything_arrives() -> None:
-    from lazymem.monitor.server import FIRST_PIECE, _pieces
+    from lazymem.monitor.installer import FIRST_PIECE
+    from lazymem.monitor.installer import pieces as _pieces
 
     chunk = 4 * FIRST_PIECE
     for lo, hi in ((0, chunk), (4096, chunk - 8192), (FIRST_PIECE + 4096, chunk)):
@@ -448,27 +449,3 @@ def test_a_sequential_reader_trips_the_window_and_prefetch_leaves_no_page_held_b
     assert resident_pages(a).all()
     assert np.array_equal(a, src)
     assert lazymem.stats(a).chunks_present == lazymem.stats(a).chunks_total
-
-
-def test_readahead_window_survives_a_second_fault_on_the_same_chunk() -> None:
-    # The window logic alone, on a monitor without workers: a demand install wakes its reader after
-    # the first piece, so the reader may fault twice on one chunk; that must not read as random access.
-    import socket
-
-    from lazymem.monitor.server import Client, Monitor, ServedRegion
-
-    here, there = socket.socketpair()
-    try:
-        monitor = Monitor(here, workers=0)
-        chunk = 2**20
-        region = ServedRegion(Client(uffd=-1, pid=0), 1, 0, 64 * chunk, 64 * chunk, chunk, None, -1, "x",  # type: ignore[arg-type]
-                              readahead_max=8)
-        for fault in (0, 1, 4, 4, 9):
-            monitor._read_ahead(region, fault)
-        assert region.window == 8
-        assert set(region.jobs) == set(range(2, 4)) | set(range(5, 9)) | set(range(10, 18))
-        monitor._read_ahead(region, 40)  # a jump: random access, no readahead
-        assert region.window == 0 and max(region.jobs) == 17
-    finally:
-        here.close()
-        there.close()

@@ -1,4 +1,4 @@
-"""``max_in_flight``: how many chunk loads of one array may wait on storage at once.
+"""``max_in_flight``: how many unit loads of one array may wait on storage at once.
 
 A worker that picks a job of an array whose loads are all busy does not block (it would hold a
 worker that other arrays need): it parks the job, and the next load of that array to finish puts
@@ -37,6 +37,6 @@ class FetchSlots:
         while self.parked:
             job = min(self.parked, key=lambda j: j.priority)
             self.parked.remove(job)
-            if not job.started and job.region.jobs.get(job.chunk) is job:
+            if not job.started and job.region.jobs.get(job.unit) is job:
                 return job
         return None

@@ -8,7 +8,7 @@ and description (the app's register request as it came: its pickle, and the memf
 buffers, see ``protocol``). When the worker dies, the supervisor forks a new one from that journal; the new
 worker wakes every registered range (``UFFDIO_WAKE``), so blocked threads retry their access and
 fault again, this time to a monitor that answers. Pages the dead worker installed stay installed
-(installs are whole pages; the rest of a half-installed chunk is skipped with EEXIST).
+(installs are whole pages; the rest of a half-installed unit is skipped with EEXIST).
 
 If workers keep dying, recovery is impossible: the supervisor poisons every registered range so
 that waiting threads get SIGBUS with a message on stderr rather than hanging forever.
@@ -28,89 +28,24 @@ import os
 import select
 import socket
 import sys
-import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..kernel import userfaultfd as uffd
 from . import protocol
+from .journal import Journal, Restored
+from .process import hung_up, name_process
+
+Serve = Callable[[socket.socket, Journal, Restored | None, int, int], None]
+"""How a forked worker runs (``server.serve``): given to :func:`supervise`, which does not import
+the worker's module (that one starts supervisors: it imports this one)."""
 
 MAX_RESTARTS = 10  # within RESTART_WINDOW seconds; past that, give up loudly
 RESTART_WINDOW = 60.0
-
-
-class Journal:
-    """The worker's side: tell the supervisor (synchronously, in order) what it now serves."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.lock = threading.Lock()
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def replace(self, sock: socket.socket, snapshot: Callable[[], list[tuple[str, dict[str, Any], tuple[int, ...]]]]
-                ) -> None:
-        """Journal to a new supervisor from now on, starting with ``snapshot()``: everything served.
-
-        Taken under the journal's lock, so that a change made before it is in the snapshot (its
-        own record went to the dead supervisor, or comes after the snapshot and is applied twice,
-        which ``_State.apply`` takes), and a change made after it is journaled after it."""
-        with self.lock:
-            old, self.sock = self.sock, sock
-            old.close()
-            for kind, spec, fds in snapshot():
-                self._send(kind, spec, fds, None)
-            self._send("ready", {}, (), None)  # the whole state: a worker may be forked from it
-
-    def record(self, kind: str, spec: dict[str, Any], fds: tuple[int, ...] = (), *,
-               request: protocol.Message | None = None) -> None:
-        """Journal one change. A region travels with its ``("register", spec)`` request as a
-        message: ``request``, the app's own when it has it (its pickle, and the memfd holding its
-        frame table, which the supervisor receives as an fd: a 1 TiB array's 2 MiB table is never
-        copied again), else packed here."""
-        with self.lock:
-            self._send(kind, spec, fds, request)
-
-    def _send(self, kind: str, spec: dict[str, Any], fds: tuple[int, ...], request: protocol.Message | None) -> None:
-        packed = None
-        if kind == "region":
-            # Opaque to the supervisor: unpickling a reader there could start threads (fsspec's
-            # event loop) that a forked worker would then inherit broken ("not fork-safe").
-            if request is None:
-                request = packed = protocol.Message.pack(("register", spec))
-            spec = _summary(spec)
-        try:
-            socket.send_fds(self.sock, [b"J"], list(fds))
-            protocol.send_obj(self.sock, (kind, spec))
-            if request is not None:
-                protocol.send_message(self.sock, request)
-        except OSError:
-            # The supervisor is gone: the worker's poll loop sees its link hang up and journals
-            # everything, this change included, to the one it starts next (``replace``).
-            pass
-        finally:
-            if packed is not None:  # the supervisor has its own copy of the memfd now
-                packed.close()
-
-
-def _summary(spec: dict[str, Any]) -> dict[str, Any]:
-    summary = {k: spec[k] for k in ("client", "region_id", "start", "length", "url")}
-    return {**summary, "page_size": spec.get("page_size", uffd.PAGE_SIZE)}
-
-
-@dataclass
-class Restored:
-    """What a new worker takes over: the supervisor's copies of the fds, and the descriptions."""
-
-    clients: dict[int, tuple[int, int]] = field(default_factory=dict)  # client pid -> (userfaultfd, pidfd)
-    # (region memfd, its register request as the app sent it); the worker inherits the request's
-    # memfd with the fork, maps it and closes its copy.
-    regions: list[tuple[int, protocol.Message]] = field(default_factory=list)
 
 
 @dataclass
@@ -224,20 +159,22 @@ def _poison_everything(state: _State) -> None:
             print(f"lazymem monitor: cannot poison {spec['url']}: {exc}", file=sys.stderr)
 
 
-def app_gone(control: socket.socket) -> bool:
-    """Whether the app (with its forked children) has closed its end of the control socket."""
-    poller = select.poll()
-    poller.register(control, select.POLLIN)
-    return any(events & (select.POLLHUP | select.POLLERR) for _fd, events in poller.poll(0))
-
-
-def supervise(control: socket.socket, workers: int, adopt: tuple[int, int, socket.socket] | None = None) -> int:
+def supervise(control: socket.socket, workers: int, serve: Serve,
+              adopt: tuple[int, int, socket.socket] | None = None) -> int:
     """Run workers until the app has gone; return the supervisor's exit code.
 
-    ``adopt``: (pid, pidfd, journal link) of a running worker whose supervisor died; it journals
-    its state to us and we take over from there."""
-    from .server import name_process, serve
-
+    Parameters
+    ----------
+    control
+        The app's control socket; it hangs up when the app has gone.
+    workers
+        Worker threads each worker process starts with.
+    serve
+        What a forked worker runs: ``serve(control, journal, restored, workers, supervisor_pid)``.
+    adopt
+        (pid, pidfd, journal link) of a running worker whose supervisor died; it journals its
+        state to us and we take over from there.
+    """
     name_process("lazymem-super")
     state = _State(complete=adopt is None)
     deaths: deque[float] = deque()
@@ -262,7 +199,7 @@ def supervise(control: socket.socket, workers: int, adopt: tuple[int, int, socke
             link_there.close()
         status = _follow(pid, link_here, state, pidfd=pidfd)
         link_here.close()
-        if app_gone(control) or (status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+        if hung_up(control) or (status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
             return 0  # the app has gone and the worker with it
         if not state.complete:
             # The worker that adopted us died before it told us everything: we cannot take over.
