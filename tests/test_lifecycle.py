@@ -278,3 +278,32 @@ def test_evict_while_other_threads_fault(field) -> None:
         t.join()
     assert errors == []
     assert np.array_equal(a, src)
+
+
+def test_a_region_the_parent_released_after_the_fork_is_gone_for_the_child_not_an_error(field) -> None:
+    """The race behind a fork Pool that hung: the parent garbage-collects an array between the fork
+    and its child's fork request. The monitor must answer with the regions that are gone (the child
+    unmaps those, garbage there too) instead of refusing the whole request (the child then gave up
+    on every array, a pool worker died on SIGSEGV and Pool.map waited for ever)."""
+    path, src = field
+    a = lazymem.open(path)
+    assert a[0, 0] == src[0, 0]
+    parent_key = get_client().uffd_key
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            child = get_client()
+            gone = child.request("fork", client=child.uffd_key, parent=parent_key, region_ids=[10**9])
+            ok = np.array_equal(a, src)  # the regions the child did get still serve it
+            os.write(write_fd, f"{gone} {ok}".encode())
+            os._exit(0)
+        except BaseException as exc:  # noqa: BLE001 - a forked child must never return into pytest
+            os.write(write_fd, repr(exc).encode())
+            os._exit(1)
+    os.close(write_fd)
+    report = os.read(read_fd, 1000).decode()
+    os.close(read_fd)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, report
+    assert report == "[1000000000] True"
