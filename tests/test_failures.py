@@ -165,3 +165,30 @@ def test_an_eager_load_reads_the_file_its_source_opened_even_if_replaced_since(t
     reader = open_source(path)
     lazymem.save(path, np.zeros(2**19), chunk_bytes=2**17)  # renamed over the old one
     assert np.array_equal(read_array(reader), src)
+
+
+def test_a_file_replaced_after_open_is_refused_not_read_with_the_old_table(tmp_path: Path) -> None:
+    """np.memmap keeps the file it opened; a lazy array's monitor opens the file itself, later: it
+    must reach the same file, unchanged, or refuse (never the old seek table over new bytes)."""
+    src = np.arange(2**18, dtype="<f8")  # 2 MiB: 2 chunks of 1 MiB
+    other = np.arange(2**18, dtype="<f8")[::-1].copy()
+    path = str(tmp_path / "replaced.npy.zst")
+    lazymem.save(path, src, chunk_bytes=2**20)
+    a = lazymem.open(path, readahead=0)
+    lazymem.save(path, other, chunk_bytes=2**20, level=9)  # written beside it, renamed over it
+    with pytest.raises(lazymem.ArrayNotFoundError, match="replaced or changed since the array was opened"):
+        a.prefetch(np.s_[0])
+    result = run_python(
+        f"""
+        import faulthandler, lazymem
+        faulthandler.disable()
+        a = lazymem.open({path!r}, readahead=0)
+        import numpy as np
+        lazymem.save({path!r}, np.arange(2**18, dtype="<f8") * 2, chunk_bytes=2**20)
+        print("value", a[5], flush=True)
+        """
+    )
+    assert result.returncode == -signal.SIGBUS, (result.returncode, result.stdout, result.stderr)
+    assert "value" not in result.stdout and "replaced or changed" in result.stderr
+    b = lazymem.open(path)  # opened again: the newest file
+    assert b[:4].tolist() == [0.0, 2.0, 4.0, 6.0]

@@ -188,4 +188,8 @@ def test_a_local_object_reads_one_inode_and_pickles_without_it(tmp_path: Path) -
     assert len(data) < 500
     clone = pickle.loads(data)
     assert "_local" not in clone.__dict__
-    assert clone.read(0, 4) == b"\xff" * 4  # another process would open the file by name again
+    # Another process opens the file by name again, and must find the one the original read.
+    with pytest.raises(ArrayNotFoundError, match="replaced or changed"):
+        clone.read(0, 4)
+    fresh = StoredObject.open(LocalFileSystem(), str(path))  # opened anew: the new file
+    assert fresh.read(0, 4) == b"\xff" * 4

@@ -8,6 +8,7 @@ from typing import Any
 
 from lazymem.errors import FormatError
 
+from ..errors import ArrayNotFoundError
 from .errors import check_length, storage_errors
 from .local import LocalFile, is_local_file
 from .ranges import plan_runs
@@ -100,8 +101,24 @@ class StoredObject:
         local: LocalFile | None = self.__dict__.get("_local")
         if local is None or local.pid != os.getpid():
             with storage_errors(self.path):
-                local = self.__dict__["_local"] = LocalFile(self.path)
+                local = LocalFile(self.path)
+            self._check_identity(local)
+            self.__dict__["_local"] = local
         return local
+
+    def _check_identity(self, local: LocalFile) -> None:
+        """The first descriptor opened (the app's, at ``open``) names the file; every later one
+        (the monitor's, a forked child's) must reach that same file, unchanged. A file replaced or
+        rewritten meanwhile would be read with the first one's seek table: refused instead, as
+        ``np.memmap`` keeps reading the file it mapped rather than another."""
+        st = os.fstat(local.fd)
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        known = self.__dict__.setdefault("identity", identity)
+        if tuple(known) != identity:
+            raise ArrayNotFoundError(
+                f"{self.path}: the file was replaced or changed since the array was opened (inode, size or "
+                "modification time differ): open it again to read the new file"
+            )
 
     def read(self, start: int, end: int) -> bytes:
         """Stored bytes ``[start, end)``, exactly, in one request.
