@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from lazymem.kernel import userfaultfd as uffd
-from lazymem.sources import open_source
 from lazymem.sources.frames import FramedSource, byte_view
 from lazymem.sources.local_batches import local_batches
 from lazymem.sources.npy_header import NpyHeader
@@ -257,4 +256,10 @@ def load(
     FetchError
         Storage failed.
     """
-    return read_array(open_source(url, storage_options), threads=threads, out=out)
+    from .sources.flat import FlatSource
+
+    source = FlatSource.open(url, storage_options)  # load asks only the source interface
+    if out is None:
+        return source.read_all(threads=threads)
+    source.read_all_into(out, threads=threads)
+    return out

@@ -18,10 +18,10 @@ from typing import Any
 
 from .errors import HugePagesUnavailableError
 from .kernel import userfaultfd as uffd
+from .monitor import live
 from .monitor.client import MonitorClient
 
 _region_ids = itertools.count(1)
-_live: weakref.WeakSet[Region] = weakref.WeakSet()
 
 
 def _register_mode(zero_copy: bool) -> int:
@@ -33,7 +33,7 @@ def _register_mode(zero_copy: bool) -> int:
 
 def live_regions() -> list[Region]:
     """Regions whose arrays are still alive (a forked child maps these again)."""
-    return list(_live)
+    return live.live_regions()
 
 
 class Region:
@@ -68,7 +68,7 @@ class Region:
         except BaseException:
             self._unmap()
             raise
-        _live.add(self)
+        live.add(self)
 
     def _map(self, address: int = 0) -> int:
         # MAP_NORESERVE: a 1 TiB array costs memory only for what is installed. Huge pages are

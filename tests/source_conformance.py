@@ -87,6 +87,11 @@ class SourceTests:
         source.read_all_into(out)
         assert out.tobytes(order="A") == _image(expected)
 
+    def test_reads_the_whole_array_into_a_new_one(self, source: Source, expected: np.ndarray) -> None:
+        got = source.read_all()
+        assert got.shape == expected.shape and got.dtype == expected.dtype
+        assert got.tobytes(order="A") == _image(expected)
+
     def test_pickles_and_reads_the_same_after(self, source: Source, expected: np.ndarray) -> None:
         clone = pickle.loads(pickle.dumps(source))
         assert clone.shape == source.shape and clone.dtype == source.dtype

@@ -19,6 +19,7 @@ from ..errors import MonitorError
 from ..kernel import userfaultfd as uffd
 from ..kernel.limits import raise_open_file_limit
 from . import protocol
+from .live import live_regions
 
 _FEATURES = (uffd.UFFD_FEATURE_MISSING_SHMEM | uffd.UFFD_FEATURE_MINOR_SHMEM | uffd.UFFD_FEATURE_THREAD_ID
              | uffd.UFFD_FEATURE_POISON)
@@ -264,8 +265,6 @@ class MonitorClient:
         but never served are delivered again. ``seen_generation``: the generation in which the
         caller saw the monitor dead; if another thread replaced it meanwhile, nothing is done.
         """
-        from ..region import live_regions
-
         with self._restart_lock:
             if seen_generation is not None and seen_generation != self.generation:
                 return
@@ -376,8 +375,6 @@ class MonitorClient:
     def _give_up(self, exc: BaseException) -> None:
         """No monitor can be started: poison every region, so that readers blocked in a fault get
         SIGBUS with this message rather than waiting for ever."""
-        from ..region import live_regions
-
         print(f"lazymem: {exc}; poisoning every lazy array of this process: readers get SIGBUS",
               file=sys.stderr, flush=True)
         for region in live_regions():
@@ -430,8 +427,6 @@ def _after_fork_in_child() -> None:
     parent, _client = _client, None
     if parent is None:
         return
-    from ..region import live_regions
-
     regions = [region for region in live_regions() if region.client is parent and region.usable]
     for fd in (parent.uffd, parent._changed_r, parent._changed_w):
         try:

@@ -95,6 +95,18 @@ class SourceHints:
     """The install unit the format suggests (the writer's chunk size), if it names one."""
 
 
+def unit_target(grid: UnitGrid, unit: int, out: Any) -> tuple[int, int, memoryview]:
+    """``(offset, length, view)`` of ``unit``, with ``out`` as a flat writable byte view of
+    exactly the unit's length (what every ``read_unit`` checks first)."""
+    from .frames import byte_view
+
+    offset, length = grid.span(unit)
+    view = byte_view(out)
+    if len(view) != length:
+        raise ValueError(f"unit {unit} holds {length} bytes, the output buffer has {len(view)}")
+    return offset, length, view
+
+
 Urgent = tuple[int, int]
 """Bytes ``[lo, hi)`` of a unit a reader is waiting for (offsets within the unit)."""
 
@@ -167,3 +179,10 @@ class Source(ABC):
     @abstractmethod
     def read_all_into(self, out: np.ndarray, *, threads: int | None = None) -> None:
         """Fill ``out`` (the array's shape, dtype and order) with the whole array, eagerly."""
+
+    def read_all(self, *, threads: int | None = None) -> np.ndarray:
+        """The whole array in a new ndarray, eagerly. Sources that can leave zero units untouched
+        in fresh (calloc'd) memory override this to skip them."""
+        out = np.empty(self.shape, dtype=self.dtype, order=self.order)
+        self.read_all_into(out, threads=threads)
+        return out

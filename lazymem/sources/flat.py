@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .base import PAGE_SIZE, Order, Source, SourceHints, UnitGrid, UnitRead, Urgent
-from .frames import FramedSource, byte_view
+from .base import PAGE_SIZE, Order, Source, SourceHints, UnitGrid, UnitRead, Urgent, unit_target
+from .frames import FramedSource
 
 DEFAULT_UNIT_BYTES = 4 << 20
 """Install unit of files that name none and whose frames suggest none (4 MiB: see DESIGN, costs)."""
@@ -104,10 +104,7 @@ class FlatSource(Source):
 
     def read_unit(self, grid: UnitGrid, unit: int, out: memoryview, *, urgent: Urgent | None = None,
                   on_urgent: Callable[[int, int], None] | None = None) -> UnitRead:
-        offset, length = grid.span(unit)
-        view = byte_view(out)
-        if len(view) != length:
-            raise ValueError(f"unit {unit} holds {length} bytes, the output buffer has {len(view)}")
+        offset, length, view = unit_target(grid, unit, out)
         start = self.reader.data_offset + offset
         zeros = self.reader.read_into(start, view, skip_zeros=True, first=urgent, on_first=on_urgent)
         return UnitRead(zeros=bool(zeros), bytes_fetched=self.stored_bytes(offset, length))
@@ -123,3 +120,8 @@ class FlatSource(Source):
         from ..eager import read_array
 
         read_array(self.reader, threads=threads, out=out)
+
+    def read_all(self, *, threads: int | None = None) -> np.ndarray:
+        from ..eager import read_array
+
+        return read_array(self.reader, threads=threads)  # zero frames stay untouched np.zeros pages

@@ -22,9 +22,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArrayNotFoundError, FormatError, LazymemError
-from .base import PAGE_SIZE, Order, Source, SourceHints, UnitGrid, UnitRead, Urgent
+from .base import PAGE_SIZE, Order, Source, SourceHints, UnitGrid, UnitRead, Urgent, unit_target
 from .boxes import box_shape, flat_run_boxes
-from .frames import byte_view
 
 MIN_UNIT_BYTES = 1 << 20
 MAX_UNIT_BYTES = 16 << 20
@@ -125,10 +124,7 @@ class ZarrSource(Source):
 
     def read_unit(self, grid: UnitGrid, unit: int, out: memoryview, *, urgent: Urgent | None = None,
                   on_urgent: Callable[[int, int], None] | None = None) -> UnitRead:
-        offset, length = grid.span(unit)
-        view = byte_view(out)
-        if len(view) != length:
-            raise ValueError(f"unit {unit} holds {length} bytes, the output buffer has {len(view)}")
+        offset, length, view = unit_target(grid, unit, out)
         size = self.dtype.itemsize
         first, last = -(-offset // size), (offset + length) // size  # elements wholly inside
         try:
