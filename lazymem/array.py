@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .config import default_max_resident, parse_size
-from .errors import ClosedArrayError, HugePagesUnavailableError
+from .errors import ClosedArrayError, HugePagesUnavailableError, UnsupportedStorageError
 from .kernel import userfaultfd as uffd
 from .kernel.userfaultfd import PAGE_SIZE, round_up
 from .mapped import MappedArray, map_npy
@@ -323,6 +323,7 @@ def _is_basic_index(key: Any) -> bool:
 def open(
     url: str,
     *,
+    path: str | None = None,
     storage_options: dict[str, Any] | None = None,
     chunk_bytes: int | str | None = None,
     readahead: int | None = None,
@@ -336,7 +337,11 @@ def open(
     ----------
     url : str
         Any fsspec URL of a seekable zstd file holding a ``.npy`` stream (as written by
-        :func:`lazymem.save`, pyzstd's ``SeekableZstdFile`` or ``zstd --seekable``-style tools).
+        :func:`lazymem.save`, pyzstd's ``SeekableZstdFile`` or ``zstd --seekable``-style tools),
+        or of a zarr array or group (a URL ending in ``.zarr``, or any with ``path``; preview:
+        see the README).
+    path : str, optional
+        The array's path inside a zarr group (``"t2m"``, ``"sub/x"``).
     storage_options : dict, optional
         Passed to fsspec, in this process and in the monitor.
     chunk_bytes : int or str, optional
@@ -378,17 +383,28 @@ def open(
     if isinstance(chunk_bytes, str):
         chunk_bytes = parse_size(chunk_bytes)
     url = absolute_url(url)  # pickled by URL: a worker in another directory must find it too
-    reader = open_source(url, storage_options)
-    check_shareable(reader.fs, url)  # memory:// lives in this process: the monitor cannot read it
-    share_whole_file_cache(reader.fs)  # one simplecache download for this process and the monitor
     if max_in_flight is not None and (isinstance(max_in_flight, bool) or int(max_in_flight) < 1):
         raise ValueError(f"max_in_flight must be a positive int (got {max_in_flight!r})")
-    if reader.format_name == "npy" and reader.storage.is_local and reader.header.nbytes:
-        # An uncompressed local .npy: the kernel's own page cache and mmap beat anything we could
-        # do (no fault round trips, readahead for free). Same read-only ndarray contract.
-        return map_npy(reader.path, url)  # type: ignore[return-value]
+    source: Source
+    if path is None and ".zarr/" in url:  # an array's URL inside a store: the store, and the path in it
+        at = url.index(".zarr/") + len(".zarr")
+        url, path = url[:at], url[at + 1 :].strip("/") or None
+    if path is not None or _is_zarr_url(url):
+        from .sources.zarr_array import ZarrSource
+
+        if url.startswith("memory://"):
+            raise UnsupportedStorageError(f"{url}: memory:// lives in this process; the monitor cannot read it")
+        source = ZarrSource(url, path, storage_options)
+    else:
+        reader = open_source(url, storage_options)
+        check_shareable(reader.fs, url)  # memory:// lives in this process: the monitor cannot read it
+        share_whole_file_cache(reader.fs)  # one simplecache download for this process and the monitor
+        if reader.format_name == "npy" and reader.storage.is_local and reader.header.nbytes:
+            # An uncompressed local .npy: the kernel's own page cache and mmap beat anything we could
+            # do (no fault round trips, readahead for free). Same read-only ndarray contract.
+            return map_npy(reader.path, url)  # type: ignore[return-value]
+        source = FlatSource(reader, url)
     # From here on only the source interface: what the monitor serves is a Source.
-    source = FlatSource(reader, url)
     nbytes, shape, dtype, order = source.nbytes, source.shape, source.dtype, source.order
     if nbytes == 0:
         empty = np.ndarray.__new__(LazyArray, shape, dtype, order=order)
@@ -418,7 +434,7 @@ def open(
     arr = np.ndarray.__new__(LazyArray, shape, dtype, buffer=flat, order=order)
     arr._lazy = _Handle(region, url, chunk_size, region.address, storage_options,
                         {"chunk_bytes": chunk_bytes, "readahead": readahead, "max_resident": max_resident,
-                         "max_in_flight": max_in_flight, "huge_pages": huge_pages})
+                         "max_in_flight": max_in_flight, "huge_pages": huge_pages, "path": path})
     return arr
 
 
@@ -432,6 +448,12 @@ def _huge_page_size(requested: bool | None) -> int:
     if not size:
         raise HugePagesUnavailableError("huge_pages=True, but this kernel offers no huge pages (no hugetlbfs)")
     return size
+
+
+def _is_zarr_url(url: str) -> bool:
+    """A URL that names a zarr store by its suffix (no request made: native files keep their
+    one-request open)."""
+    return url.rstrip("/").lower().endswith(".zarr")
 
 
 def _readahead(requested: int | None, remote: bool) -> int:
