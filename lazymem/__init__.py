@@ -26,6 +26,7 @@ from .errors import (
     UnverifiableDataWarning,
     UserfaultfdUnavailableError,
 )
+from .groups import Group, open_group
 from .mapped import MappedArray
 from .writer import save
 
@@ -37,6 +38,7 @@ __all__ = [
     "CorruptChunkError",
     "FetchError",
     "FormatError",
+    "Group",
     "HeaderError",
     "HugePagesUnavailableError",
     "LazyArray",
@@ -52,6 +54,7 @@ __all__ = [
     "UserfaultfdUnavailableError",
     "load",
     "open",
+    "open_group",
     "parse_size",
     "save",
     "set_max_resident",

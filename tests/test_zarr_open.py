@@ -71,3 +71,23 @@ def test_a_failed_unit_is_sigbus_with_a_message(tmp_path: Path) -> None:
     assert result.returncode == -signal.SIGBUS, (result.returncode, result.stdout, result.stderr)
     assert "before True" in result.stdout and "NEVER" not in result.stdout
     assert url in result.stderr and "cannot load" in result.stderr
+
+
+def test_open_group_maps_every_array_path_and_keeps_the_attributes(tmp_path: Path) -> None:
+    url = _store(tmp_path)
+    zarr.open_group(url, mode="a").attrs["title"] = "reanalysis"
+    g = lazymem.open_group(url, readahead=0)
+    assert sorted(g) == ["sub/mask", "t2m"] and len(g) == 2 and g.attrs == {"title": "reanalysis"}
+    assert np.array_equal(g["t2m"][5], FIELD[5])
+    assert np.array_equal(g["sub/mask"], zarr.open_array(url, path="sub/mask", mode="r")[...])
+    with pytest.raises(KeyError):
+        g["sub"]  # a group, not an array
+    with pytest.raises(lazymem.FormatError, match=r"2 arrays \(sub/mask, t2m\): name one with path="):
+        lazymem.open(url)  # several arrays: which one must be said
+
+
+def test_a_group_with_one_array_opens_without_a_path(tmp_path: Path) -> None:
+    group = zarr.open_group(str(tmp_path / "one.zarr"), mode="w")
+    group.create_array("only/x", shape=(50, 7), dtype="<u2", chunks=(8, 7))[...] = np.arange(350).reshape(50, 7)
+    a = lazymem.open(str(tmp_path / "one.zarr"))
+    assert np.array_equal(a, np.arange(350, dtype="<u2").reshape(50, 7))

@@ -37,6 +37,11 @@ def _zarr() -> Any:
     return zarr
 
 
+def array_paths(group: Any) -> list[str]:
+    """Paths (relative, "/"-separated, nested groups included) of every array in a zarr group."""
+    return sorted(name for name, node in group.members(max_depth=None) if not hasattr(node, "members"))
+
+
 class ZarrSource(Source):
     """One zarr array, opened read-only through zarr-python (any store fsspec reaches)."""
 
@@ -54,7 +59,13 @@ class ZarrSource(Source):
         if self.storage_options and "://" in self.url:
             kwargs["storage_options"] = self.storage_options
         try:
-            self.array = zarr.open_array(store=self.url, **kwargs)
+            try:
+                self.array = zarr.open_array(store=self.url, **kwargs)
+            except ValueError:
+                if self.path:
+                    raise
+                self.path = self._only_array(zarr)  # a group: its one array, or an error naming them
+                self.array = zarr.open_array(store=self.url, **kwargs, path=self.path)
         except FileNotFoundError as exc:
             where = f" at {self.path}" if self.path else ""
             raise ArrayNotFoundError(f"{self.url}: no zarr array{where} ({exc})") from exc
@@ -64,6 +75,18 @@ class ZarrSource(Source):
         if dtype.hasobject:
             raise FormatError(f"{self.url}: zarr dtype {dtype} holds Python objects, not fixed-size data")
         self._dtype = dtype
+
+    def _only_array(self, zarr: Any) -> str:
+        """The path of the one array in the group at ``url``; an error listing them otherwise."""
+        paths = array_paths(zarr.open_group(store=self.url, mode="r", **self._options()))
+        if len(paths) != 1:
+            listed = ", ".join(paths) if paths else "none"
+            raise FormatError(f"{self.url} is a zarr group holding {len(paths)} arrays ({listed}): "
+                              "name one with path=")
+        return paths[0]
+
+    def _options(self) -> dict[str, Any]:
+        return {"storage_options": self.storage_options} if self.storage_options and "://" in self.url else {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Reopened in the other process: zarr arrays hold event loops and stores that need not pickle.
