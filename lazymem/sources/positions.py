@@ -44,8 +44,10 @@ class ProvenPositions:
         self.n_frames = n_frames
         self.trust: Trust = trust
         self.done = np.zeros(-(-n_frames // BLOCK), dtype=np.int32)
+        self.leading = 0  # blocks proven whole from the start: a fault never walks them again
         if trust == "rows":
             self.done[:] = BLOCK
+            self.leading = len(self.done)
         self.lock = threading.RLock()  # held by the prover across its reads: others wait, then find it done
 
     def __getstate__(self) -> dict[str, Any]:
@@ -63,7 +65,7 @@ class ProvenPositions:
         if self.trust == "rows" or index <= 0:
             return []
         block, within = divmod(index, BLOCK)
-        first = block if self.trust == "blocks" else 0
+        first = block if self.trust == "blocks" else min(self.leading, block)
         ranges = []
         for b in range(first, block + 1):
             end = within if b == block else self._block_len(b)
@@ -77,6 +79,8 @@ class ProvenPositions:
             start = b * BLOCK
             if self.done[b] >= lo - start:
                 self.done[b] = max(int(self.done[b]), min(hi - start, self._block_len(b)))
+        while self.leading < len(self.done) and self.done[self.leading] >= self._block_len(self.leading):
+            self.leading += 1
 
     def proven(self, index: int) -> bool:
         """Whether frame ``index``'s place is proven (every size before it, as far as trust needs)."""

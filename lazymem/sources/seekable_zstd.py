@@ -80,6 +80,23 @@ HEADER_GAP = 1 << 20
 """Stored bytes between two frame headers worth reading (and dropping) to save a request."""
 HEADER_RUN = 16 << 20
 """Most stored bytes one request for frame headers spans."""
+DECODE_PROOF_BYTES = 16 << 20
+"""Most stored bytes of frames fetched at once to prove their sizes by decoding them (a batch of
+16,384 pyzstd frames of 1 MiB must not be held in memory together)."""
+
+
+def _by_stored_bytes(frames: list[int], stored: np.ndarray, lo: int, limit: int) -> list[list[int]]:
+    """``frames`` in order, cut into groups of at most ``limit`` stored bytes (or one frame)."""
+    groups: list[list[int]] = []
+    total = 0
+    for i in frames:
+        size = int(stored[i - lo])
+        if not groups or total + size > limit:
+            groups.append([])
+            total = 0
+        groups[-1].append(i)
+        total += size
+    return groups
 
 _FOOTER = struct.Struct("<IBI")
 _SKIPPABLE_HEADER = struct.Struct("<II")
@@ -869,8 +886,9 @@ class SeekableZstdReader(FramedSource):
                 )
         deferred_set = set(deferred)
         now = [i for i in undeclared if i not in deferred_set]
-        for i, blob in zip(now, self.fetch_views(now)):  # decoded in full, kept nowhere
-            self.decompress_part(i, blob, int(stream[i - lo]), memoryview(bytearray(0)))
+        for group in _by_stored_bytes(now, stored, lo, DECODE_PROOF_BYTES):  # fetched a bounded group at a time
+            for i, blob in zip(group, self.fetch_views(group)):  # decoded in full, kept nowhere
+                self.decompress_part(i, blob, int(stream[i - lo]), memoryview(bytearray(0)))
         return [i for i in undeclared if i in deferred_set]
 
     def _read_headers(self, frames: list[int], stored: np.ndarray, offsets: np.ndarray,
@@ -881,8 +899,7 @@ class SeekableZstdReader(FramedSource):
         ranges = [(int(offsets[i - lo]), int(offsets[i - lo]) + min(int(stored[i - lo]), MAX_FRAME_HEADER))
                   for i in frames]
         views = self.storage.read_ranges(ranges, max_gap=HEADER_GAP, max_run_bytes=HEADER_RUN)
-        heads = dict(zip(frames, views))
-        return heads
+        return dict(zip(frames, views))
 
     def _declared_size(self, index: int, head: memoryview) -> int | None:
         """The content size frame ``index``'s header declares (0 for a skippable frame), or None."""
