@@ -59,6 +59,21 @@ def run_python(code: str, *, env: dict[str, str] | None = None, prefix: list[str
     )
 
 
+def save_with_pyzstd(path: Path, array: np.ndarray, frame_content_size: int, *, checksums: bool = True) -> None:
+    """``array`` as ``np.save`` writes it, through pyzstd's seekable writer: frames of
+    ``frame_content_size`` stream bytes that cut the header and pages anywhere, no content sizes
+    in their headers (what foreign files look like)."""
+    import io
+
+    pyzstd = pytest.importorskip("pyzstd")
+    buf = io.BytesIO()
+    np.save(buf, array)
+    option = {pyzstd.CParameter.checksumFlag: 1} if checksums else None
+    with pyzstd.SeekableZstdFile(str(path), "w", level_or_option=option,
+                                 max_frame_content_size=frame_content_size) as f:
+        f.write(buf.getvalue())
+
+
 def wait_for_exit(pid: int, timeout: float = 30.0) -> bool:
     """Block until process ``pid`` (not our child) exits, via a pidfd; True if it did."""
     try:

@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 import lazymem
 from lazymem.sources import open_source
 
+from .conftest import save_with_pyzstd
+
 CORPUS = Path(__file__).parent / "corpus"
 SRC = np.arange(3000, dtype="<i4").reshape(100, 30)
 
@@ -101,15 +103,10 @@ def test_random_bytes_never_parse_into_an_array(tmp_path: Path, blob: bytes) -> 
 
 
 def _pyzstd_file(tmp: Path) -> bytes:
-    pyzstd = pytest.importorskip("pyzstd")
-    buf = io.BytesIO()
-    np.save(buf, SRC)
     path = tmp / "pyzstd.npy.zst"
     # With content checksums: without them zstd cannot tell a flipped literal byte from data, and
     # no reader can (our own files always carry them).
-    option = {pyzstd.CParameter.checksumFlag: 1}
-    with pyzstd.SeekableZstdFile(str(path), "w", level_or_option=option, max_frame_content_size=997) as f:
-        f.write(buf.getvalue())
+    save_with_pyzstd(path, SRC, 997)
     return path.read_bytes()
 
 

@@ -35,7 +35,7 @@ import lazymem
 from lazymem.sources.layout_frame import layout_frame
 from lazymem.writer import seek_table_bytes
 
-from .conftest import run_python
+from .conftest import run_python, save_with_pyzstd
 
 SRC = np.arange(128 * 256, dtype="<f4").reshape(128, 256)  # 128 KiB: 32 pages
 CHUNK = 16 << 10  # 4 pages a chunk: 8 chunks
@@ -81,12 +81,7 @@ def _assemble(frames: list[bytes], dsizes: list[int], kind: str) -> bytes:
 def _valid(kind: str, tmp: Path) -> bytes:
     path = tmp / f"valid-{kind}.npy.zst"
     if kind == "pyzstd":
-        pyzstd = pytest.importorskip("pyzstd")
-        buf = io.BytesIO()
-        np.save(buf, SRC)
-        option = {pyzstd.CParameter.checksumFlag: 1}
-        with pyzstd.SeekableZstdFile(str(path), "w", level_or_option=option, max_frame_content_size=3001) as f:
-            f.write(buf.getvalue())
+        save_with_pyzstd(path, SRC, 3001)
         return path.read_bytes()
     lazymem.save(str(path), SRC, chunk_bytes=CHUNK, frame_bytes=FRAME)
     data = path.read_bytes()

@@ -6,6 +6,7 @@ import gc
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -165,24 +166,12 @@ def test_forked_child_reads_untouched_chunks_and_shares_installed_ones(field) ->
     path, src = field
     a = lazymem.open(path, readahead=0)
     assert np.array_equal(a[:256], src[:256])  # chunk 0 installed by the parent
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            ok = np.array_equal(a, src)  # every other chunk faults in the child
-            s = lazymem.stats(a)
-            # The child installed the 9 chunks the parent had not; chunk 0 came from the page cache.
-            os.write(write_fd, f"{ok} {s.chunks_installed}".encode())
-            os._exit(0)
-        except BaseException as exc:  # noqa: BLE001
-            os.write(write_fd, repr(exc).encode())
-            os._exit(1)
-    os.close(write_fd)
-    report = os.read(read_fd, 1000).decode()
-    os.close(read_fd)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, report
-    assert report == "True 9"
+    def in_child() -> str:
+        ok = np.array_equal(a, src)  # every other chunk faults in the child
+        # The child installed the 9 chunks the parent had not; chunk 0 came from the page cache.
+        return f"{ok} {lazymem.stats(a).chunks_installed}"
+
+    assert _report_from_a_forked_child(in_child) == "True 9"
     # Chunks the child installed are in the shared page cache: the parent maps them (with no fault
     # at all after UFFDIO_COPY installs, or a minor fault and UFFDIO_CONTINUE after zero-copy ones)
     # without fetching or decompressing anything again.
@@ -289,14 +278,22 @@ def test_a_region_the_parent_released_after_the_fork_is_gone_for_the_child_not_a
     a = lazymem.open(path)
     assert a[0, 0] == src[0, 0]
     parent_key = get_client().uffd_key
+
+    def in_child() -> str:
+        child = get_client()
+        gone = child.request("fork", client=child.uffd_key, parent=parent_key, region_ids=[10**9])
+        return f"{gone} {np.array_equal(a, src)}"  # the regions the child did get still serve it
+
+    assert _report_from_a_forked_child(in_child) == "[1000000000] True"
+
+
+def _report_from_a_forked_child(work: Callable[[], str]) -> str:
+    """Run ``work`` in a forked child and return what it reported (it must exit cleanly)."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            child = get_client()
-            gone = child.request("fork", client=child.uffd_key, parent=parent_key, region_ids=[10**9])
-            ok = np.array_equal(a, src)  # the regions the child did get still serve it
-            os.write(write_fd, f"{gone} {ok}".encode())
+            os.write(write_fd, work().encode())
             os._exit(0)
         except BaseException as exc:  # noqa: BLE001 - a forked child must never return into pytest
             os.write(write_fd, repr(exc).encode())
@@ -306,4 +303,4 @@ def test_a_region_the_parent_released_after_the_fork_is_gone_for_the_child_not_a
     os.close(read_fd)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, report
-    assert report == "[1000000000] True"
+    return report

@@ -3,7 +3,6 @@ conformance suite."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import lazymem
 from lazymem.sources.flat import FlatSource
 from lazymem.sources.layout_frame import layout_frame
 
-from .conftest import rewrite_layout_frame
+from .conftest import rewrite_layout_frame, save_with_pyzstd
 from .source_conformance import SourceTests
 
 RNG = np.random.default_rng(12)
@@ -69,13 +68,8 @@ class TestPyzstdFile(SourceTests):
 
     @pytest.fixture
     def source(self, tmp_path: Path, expected: np.ndarray) -> FlatSource:
-        pyzstd = pytest.importorskip("pyzstd")
-        buf = io.BytesIO()
-        np.save(buf, expected)
         path = tmp_path / "p.npy.zst"
-        option = {pyzstd.CParameter.checksumFlag: 1}
-        with pyzstd.SeekableZstdFile(str(path), "w", level_or_option=option, max_frame_content_size=3001) as f:
-            f.write(buf.getvalue())
+        save_with_pyzstd(path, expected, 3001)
         return FlatSource.open(str(path))
 
 
