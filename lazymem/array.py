@@ -150,6 +150,16 @@ class LazyArray(np.ndarray):
             return cow.copy_of(self, order)
         return super().__array_function__(func, types, args, kwargs)
 
+    def astype(self, dtype: Any, order: str = "K", casting: Any = "unsafe", subok: bool = True,  # type: ignore[override]
+               copy: bool = True) -> np.ndarray:
+        # Another dtype is a computed result: a plain ndarray (as arithmetic); the same dtype is a copy.
+        if copy and np.dtype(dtype) == self.dtype and self._lazy is not None:
+            return cow.copy_of(self, order)
+        result = super().astype(dtype, order=order, casting=casting, subok=subok, copy=copy)
+        if type(result) is LazyArray and result._lazy is None:
+            return result.view(np.ndarray)
+        return result
+
     def resize(self, *new_shape: Any, refcheck: bool = True) -> None:  # type: ignore[override]
         if self._lazy is not None:
             raise ValueError("cannot resize a lazily loaded array (or a lazy copy of one) in place: its memory is "

@@ -86,8 +86,12 @@ class PrivateView:
         return memoryview(raw).cast("B")
 
     def written_bytes(self) -> int:
-        """Bytes of the copy written (copied privately) in this process, from ``/proc/self/smaps``."""
-        return _anonymous_bytes(self.address) if self.usable else 0
+        """Bytes of the copy written (copied privately) in this process."""
+        if not self.usable:
+            return 0
+        if self.carrier.huge_page:
+            return _written_huge_pages(self.address, self.length, self.page_size)
+        return _anonymous_bytes(self.address)
 
     # --- what the client asks of every live region (fork, monitor restart) ------------------------
     def announce_again(self, control: socket.socket) -> None:
@@ -161,6 +165,23 @@ def _anonymous_bytes(address: int) -> int:
             elif inside and head == "Anonymous:":
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def _written_huge_pages(address: int, length: int, page: int) -> int:
+    """Bytes of written huge pages in ``[address, address + length)``: ``/proc/self/pagemap``
+    says present and not a file page. (smaps has no "Anonymous" count for hugetlbfs, and its
+    Private_Hugetlb counts pages by how many map them, not by who owns them.) One read per huge
+    page: a huge-page array is bounded by the pool, small."""
+    written = 0
+    fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+    try:
+        for at in range(address, address + length, page):
+            entry = int.from_bytes(os.pread(fd, 8, at // uffd.PAGE_SIZE * 8), "little")
+            if entry >> 63 & 1 and not entry >> 61 & 1:  # PM_PRESENT, not PM_FILE
+                written += page
+    finally:
+        os.close(fd)
+    return written
 
 
 # --- the copies numpy asks for ---------------------------------------------------------------------
