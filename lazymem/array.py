@@ -150,7 +150,7 @@ class LazyArray(np.ndarray):
             return cow.copy_of(self, order)
         return super().__array_function__(func, types, args, kwargs)
 
-    def astype(self, dtype: Any, order: str = "K", casting: Any = "unsafe", subok: bool = True,  # type: ignore[override]
+    def astype(self, dtype: Any, order: Any = "K", casting: Any = "unsafe", subok: bool = True,  # type: ignore[override]
                copy: bool = True) -> np.ndarray:
         # Another dtype is a computed result: a plain ndarray (as arithmetic); the same dtype is a copy.
         if copy and np.dtype(dtype) == self.dtype and self._lazy is not None:
@@ -495,7 +495,9 @@ def open(
     arr._lazy = _Handle(region, url, chunk_size, region.address, storage_options,
                         {"chunk_bytes": chunk_bytes, "readahead": readahead, "max_resident": max_resident,
                          "max_in_flight": max_in_flight, "huge_pages": huge_pages, "path": path}, keep=buffer)
-    return cow.copy_of(arr, "K", always=True) if mode == "c" else arr
+    if mode == "c":  # a LazyArray; numpy's eager copy only if a huge-page copy finds the pool short
+        return cow.copy_of(arr, "K", always=True)  # type: ignore[return-value]
+    return arr
 
 
 def _huge_page_size(requested: bool | None) -> int:

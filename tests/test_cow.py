@@ -18,6 +18,7 @@ import lazymem
 from lazymem import cow
 
 from .conftest import PAGE, ROOT, assert_same_array, run_python, wait_for_exit
+from .test_huge_pages import pool as pool  # the fixture
 
 
 def _is_lazy_copy(x: object) -> bool:
@@ -290,3 +291,205 @@ sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "{ROOT}/tests/test_cow.py"
 """, env={"LAZYMEM_ZERO_COPY": "1"}, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "7 passed" in result.stdout, result.stdout
+
+
+# --- property tests: any view, any order, any dtype, against numpy on eager arrays --------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_OPENED: dict[tuple[str, tuple[int, ...], str], tuple[np.ndarray, np.ndarray]] = {}
+_DIR: list[Path] = []
+
+
+def _opened(tmp_factory: pytest.TempPathFactory, dtype: str, shape: tuple[int, ...],
+            order: str) -> tuple[np.ndarray, np.ndarray]:
+    """One saved array per (dtype, shape, order), opened once for every example that draws it."""
+    key = (dtype, shape, order)
+    if key not in _OPENED:
+        if not _DIR:
+            _DIR.append(tmp_factory.mktemp("cow"))
+        n = int(np.prod(shape))
+        raw = np.random.default_rng(n).integers(0, 256, n * np.dtype(dtype).itemsize, dtype=np.uint8)
+        src = np.asarray(raw.view(dtype).reshape(shape), order=order)
+        if src.dtype.kind == "b":
+            src = src.view(np.uint8) & 1 == 1
+            src = np.asarray(src, order=order)
+        path = str(_DIR[0] / f"{np.dtype(dtype).str}-{'x'.join(map(str, shape))}-{order}.npy.zst")
+        lazymem.save(path, src, chunk_bytes=PAGE)
+        _OPENED[key] = (lazymem.open(path), src)
+    return _OPENED[key]
+
+
+_axis_slice = st.tuples(st.integers(-5, 5) | st.none(), st.integers(-5, 5) | st.none(),
+                        st.sampled_from([None, 1, 1, 2, -1, -3])).map(lambda t: slice(*t))
+_COPIERS: dict[str, Callable[[np.ndarray, str], np.ndarray]] = {
+    "method": lambda x, order: x.copy(order=order),
+    "np.copy": lambda x, order: np.copy(x, order=order),
+    "copy.copy": lambda x, order: copy.copy(x),
+    "deepcopy": lambda x, order: copy.deepcopy(x),
+    "astype": lambda x, order: x.astype(x.dtype, order=order),
+    "np.array": lambda x, order: np.array(x, copy=True, order=order),
+}
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(dtype=st.sampled_from(["u1", "<i2", ">i4", "<f4", "<f8", "<c16", "?"]),
+       shape=st.sampled_from([(5000,), (64, 64), (100, 37), (3, 7, 200)]),
+       order=st.sampled_from("CF"), copier=st.sampled_from(sorted(_COPIERS)), copy_order=st.sampled_from("CFAK"),
+       transpose=st.booleans(), data=st.data())
+def test_copies_equal_numpys_and_stay_private(tmp_path_factory: pytest.TempPathFactory, dtype: str,
+                                              shape: tuple[int, ...], order: str, copier: str, copy_order: str,
+                                              transpose: bool, data: st.DataObject) -> None:
+    a, src = _opened(tmp_path_factory, dtype, shape, order)
+    index = tuple(data.draw(_axis_slice) for _ in shape) if data.draw(st.booleans()) else ()
+    view, want_view = a[index], src[index]
+    if transpose:
+        view, want_view = view.T, want_view.T
+    got = _COPIERS[copier](view, copy_order)
+    if copier == "np.array" and copy_order == "A":
+        # numpy's own quirk: np.array(x, order="A") of a non-contiguous *subclass* instance keeps
+        # F order where a base ndarray gets C (checked with a bare ndarray subclass): compare with
+        # what numpy does for a subclass.
+        want_view = want_view.view(type("Sub", (np.ndarray,), {}))
+    want = _COPIERS[copier](want_view, copy_order)
+    assert_same_array(got, want)
+    assert got.strides == want.strides and got.flags.writeable
+    # Laziness where the copy has the view's own layout (and is at least one unit), eager otherwise.
+    how = {"copy.copy": "K", "deepcopy": "K"}.get(copier, copy_order)
+    expect_lazy = (copier != "np.array" and view.size > 0 and view.nbytes >= PAGE and cow.lazy_order(view, how))
+    assert _is_lazy_copy(got) == expect_lazy, (view.shape, view.strides, how)
+    if got.size:
+        where = data.draw(st.lists(st.integers(0, got.size - 1), min_size=1, max_size=20))
+        value = np.zeros((), got.dtype) if got.dtype.kind == "b" else np.array(7, got.dtype)
+        got.reshape(-1, order="A")[where] = value  # order A: a view of the copy's memory, no copy
+        want.reshape(-1, order="A")[where] = value
+        assert_same_array(got, want)
+    assert_same_array(a, src)  # nothing reached the array
+
+
+# --- cost: a copy of a huge array is free; dask's from_array copies its input ------------------------
+
+def _virtual_16_gib(tmp_path: Path) -> str:
+    """A 16 GiB zarr array with no chunk written (all fill value): created in milliseconds."""
+    zarr = pytest.importorskip("zarr")
+    path = str(tmp_path / "big.zarr")
+    zarr.create_array(path, shape=(2**31,), chunks=(2**23,), dtype="f8", fill_value=1.5)
+    return path
+
+
+def test_a_copy_of_a_16_gib_array_fetches_and_installs_nothing(tmp_path: Path) -> None:
+    a = lazymem.open(_virtual_16_gib(tmp_path))
+    assert a.nbytes == 16 * 2**30
+    b = a.copy()
+    c = np.copy(a[2**30:])
+    stats = lazymem.stats(a)
+    assert (stats.faults, stats.chunks_installed, stats.bytes_fetched, stats.resident_bytes) == (0, 0, 0, 0)
+    assert stats.copies == 2 and stats.private_bytes == 0
+    b[2**31 - 1] = -1.0  # one page written at the far end: one unit installed, one page copied
+    assert b[2**31 - 1] == -1.0 and a[2**31 - 1] == 1.5 and c[-1] == 1.5
+    stats = lazymem.stats(b)
+    assert stats.chunks_installed == 1 and stats.private_bytes == PAGE
+
+
+def test_dask_from_array_of_a_16_gib_array_fetches_nothing(tmp_path: Path) -> None:
+    da = pytest.importorskip("dask.array")
+    a = lazymem.open(_virtual_16_gib(tmp_path))
+    # name=False: no token is computed from the data (hashing 16 GiB would read it all, until a
+    # tokenizer for lazy arrays is registered with dask).
+    x = da.from_array(a, chunks=2**27, name=False)  # from_array calls a.copy()
+    assert x.shape == a.shape
+    assert lazymem.stats(a).chunks_installed == 0 and lazymem.stats(a).bytes_fetched == 0
+    assert float(x[2**30: 2**30 + 10].sum().compute()) == 15.0
+    assert lazymem.stats(a).chunks_installed == 1
+
+
+# --- the monitor killed with kill -9 while a copy's reader waits --------------------------------------
+
+SCAN_COPY = """
+import sys, numpy as np, lazymem
+from lazymem.monitor.client import get_client
+a = lazymem.open(sys.argv[1], readahead=0)
+b = a.copy()
+b[:4096] = 2.0  # written before the monitor dies: private pages, nothing to serve
+client = get_client()
+print("worker", client.monitor_pid, flush=True)
+sys.stdin.readline()  # the test is ready
+total = 0.0
+for i in range(0, b.shape[0], 4096):  # one element per 32 KiB: every chunk faults, GIL held
+    total += float(b[i])
+print("total", repr(total), flush=True)
+print("first", repr(float(a[0])), repr(float(b[0])), flush=True)
+"""
+
+
+@pytest.mark.parametrize("zero_copy", ["0", "1"])
+def test_a_copys_reader_survives_a_monitor_killed_with_its_faults_queued(tmp_path: Path, zero_copy: str) -> None:
+    import subprocess
+    import sys
+
+    src = np.random.default_rng(8).standard_normal(2**21)  # 16 MiB, 64 chunks of 256 KiB
+    path = str(tmp_path / "x.npy.zst")
+    lazymem.save(path, src, chunk_bytes=2**18)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LAZYMEM_ZERO_COPY": zero_copy}
+    app = subprocess.Popen([sys.executable, "-c", SCAN_COPY, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=env)
+    assert app.stdin is not None and app.stdout is not None
+    try:
+        worker = int(app.stdout.readline().split()[1])
+        os.kill(worker, signal.SIGSTOP)  # the copy's faults queue up unread in the userfaultfd
+        app.stdin.write("go\n")
+        app.stdin.flush()
+        os.kill(worker, signal.SIGKILL)  # a new worker must read and serve them
+        out, err = app.communicate(timeout=120)
+    finally:
+        app.kill()
+    assert app.returncode == 0, err
+    want = src.copy()
+    want[:4096] = 2.0
+    lines = dict(line.split(maxsplit=1) for line in out.splitlines() if line)
+    assert float(lines["total"]) == sum(float(want[i]) for i in range(0, want.shape[0], 4096))
+    assert lines["first"].split() == [repr(float(src[0])), "2.0"]
+
+
+# --- huge pages: a copy reserves its own pages from the pool (a write copies 2 MiB) -----------------
+
+def test_huge_page_copies_reserve_from_the_pool_or_are_eager(tmp_path: Path, pool) -> None:
+    from .test_huge_pages import HUGE
+
+    pool(4)  # the array's 2 huge pages, and 2 for one copy
+    src = np.arange(2 * HUGE // 4, dtype=np.float32)
+    path = str(tmp_path / "h.npy.zst")
+    lazymem.save(path, src, chunk_bytes=HUGE)
+    a = lazymem.open(path, huge_pages=True)
+    b = a.copy()
+    assert _is_lazy_copy(b) and lazymem.stats(a).chunks_installed == 0
+    assert_same_array(b, src)
+    b[5] = -1.0
+    assert lazymem.stats(b).private_bytes == HUGE  # one written page: a whole huge page copied
+    assert a[5] == 5.0 and b[5] == -1.0
+    c = a.copy()  # the pool is empty now: numpy's eager copy, in ordinary memory
+    assert type(c) is np.ndarray
+    assert_same_array(c, src)
+    del b
+    gc.collect()
+    d = a.copy()  # b's reservation went back to the pool with it
+    assert _is_lazy_copy(d)
+    assert_same_array(d, src)
+
+
+def test_closing_the_array_keeps_a_copys_written_pages_and_poisons_the_rest(field) -> None:
+    path, _src = field
+    result = run_python(f"""
+import faulthandler, numpy as np, lazymem
+faulthandler.disable()
+a = lazymem.open({path!r})
+b = a.copy()
+b[0] = 1.0
+a.close()
+print("written", float(b[0, 0]), flush=True)
+print("unread", float(b[2000, 0]), flush=True)  # never loaded, never zeros: SIGBUS
+""")
+    assert result.returncode == -signal.SIGBUS, result.stderr
+    assert result.stdout.splitlines() == ["written 1.0"]
+    assert "was closed (LazyArray.close) and then touched" in result.stderr
