@@ -493,3 +493,13 @@ print("unread", float(b[2000, 0]), flush=True)  # never loaded, never zeros: SIG
     assert result.returncode == -signal.SIGBUS, result.stderr
     assert result.stdout.splitlines() == ["written 1.0"]
     assert "was closed (LazyArray.close) and then touched" in result.stderr
+
+
+def test_a_copys_reader_is_woken_early(field) -> None:
+    # 1 MiB chunks of 512 KiB frames: the frame holding the copy's faulting page goes in first and
+    # the copy's thread is woken (it re-faults onto the cached page) while the rest is decoded.
+    path, src = field
+    a = lazymem.open(path, readahead=0)
+    b = a.copy()
+    assert b[300, 5] == src[300, 5]
+    assert lazymem.stats(a).early_wakes == 1 and lazymem.stats(a).chunks_installed == 1
