@@ -23,16 +23,14 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import lazymem  # noqa: E402
-
-from benchmarks.datagen import generate, n_steps_for  # noqa: E402
+import lazymem
+from benchmarks.datagen import generate, n_steps_for
 
 MiB = 2**20
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -47,55 +45,71 @@ def rss() -> int:
     return 0
 
 
-def timed(step: Callable[[], object]) -> tuple[float, object]:
-    t0 = time.perf_counter()
-    out = step()
-    return time.perf_counter() - t0, out
+class Clock:
+    """``with clock("name"):`` adds the block's wall time to ``row["name"]``."""
+
+    def __init__(self, row: dict[str, float]) -> None:
+        self.row = row
+        self.name = ""
+        self.t0 = 0.0
+
+    def __call__(self, name: str) -> Clock:
+        self.name = name
+        return self
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.row[self.name] = time.perf_counter() - self.t0
 
 
 def one_round(path: str, eager: np.ndarray, sort_elems: int) -> dict[str, float]:
     row: dict[str, float] = {}
+    clock = Clock(row)
     lazy = lazymem.open(path)
-    base = rss()
 
     # copy
-    row["numpy copy s"], copied = timed(eager.copy)
+    base = rss()
+    with clock("numpy copy s"):
+        copied = eager.copy()
     row["numpy copy MiB"] = (rss() - base) / MiB
     del copied
     gc.collect()
     base = rss()
-    row["lazy copy s"], b = timed(lazy.copy)
+    with clock("lazy copy s"):
+        b = lazy.copy()
     row["lazy copy MiB"] = (rss() - base) / MiB
     assert lazymem.stats(lazy).chunks_installed == 0
 
     # write 1 % of the pages, then scan
     pages = b.nbytes // PAGE
     step = 100 * PAGE // b.itemsize
-    flat = b.reshape(-1)
-    t_write, _ = timed(lambda: flat.__setitem__(slice(0, None, step), -1.0))
-    t_scan, total = timed(lambda: float(b.sum(dtype=np.float64)))
-    row["lazy write 1% s"], row["lazy scan s"] = t_write, t_scan
+    with clock("lazy write 1% s"):
+        b.reshape(-1)[::step] = -1.0
+    with clock("lazy scan s"):
+        total = float(b.sum(dtype=np.float64))
     row["lazy private MiB"] = lazymem.stats(b).private_bytes / MiB
     row["lazy shared MiB"] = lazymem.stats(b).resident_bytes / MiB
     assert row["lazy private MiB"] * MiB == -(-pages // 100) * PAGE
-    del flat, b
+    del b
     gc.collect()
-
     e = eager.copy()
-    ef = e.reshape(-1)
-    t_write, _ = timed(lambda: ef.__setitem__(slice(0, None, step), -1.0))
-    t_scan, want = timed(lambda: float(e.sum(dtype=np.float64)))
-    row["numpy write 1% s"], row["numpy scan s"] = t_write, t_scan
+    with clock("numpy write 1% s"):
+        e.reshape(-1)[::step] = -1.0
+    with clock("numpy scan s"):
+        want = float(e.sum(dtype=np.float64))
     assert total == want
-    del ef, e
+    del e
     gc.collect()
 
     # sort of a slice
-    lazy_slice = lazy.reshape(-1)[:sort_elems]
-    row["lazy sort s"], s1 = timed(lambda: np.sort(lazy_slice))
-    row["numpy sort s"], s2 = timed(lambda: np.sort(eager.reshape(-1)[:sort_elems]))
+    with clock("lazy sort s"):
+        s1 = np.sort(lazy.reshape(-1)[:sort_elems])
+    with clock("numpy sort s"):
+        s2 = np.sort(eager.reshape(-1)[:sort_elems])
     assert np.array_equal(s1, s2)
-    del s1, s2, lazy_slice
+    del s1, s2
     lazy.close()
     del lazy
     gc.collect()
@@ -103,7 +117,8 @@ def one_round(path: str, eager: np.ndarray, sort_elems: int) -> dict[str, float]
     # as before issue 14: a copy loaded everything and duplicated it
     again = lazymem.open(path)
     base = rss()
-    row["eager copy of lazy s"], old = timed(lambda: np.array(again, copy=True))
+    with clock("eager copy of lazy s"):
+        old = np.array(again, copy=True)
     row["eager copy of lazy MiB"] = (rss() - base) / MiB
     del old
     again.close()
