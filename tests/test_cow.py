@@ -503,3 +503,25 @@ def test_a_copys_reader_is_woken_early(field) -> None:
     b = a.copy()
     assert b[300, 5] == src[300, 5]
     assert lazymem.stats(a).early_wakes == 1 and lazymem.stats(a).chunks_installed == 1
+
+
+def test_a_copy_is_handed_to_the_monitor_the_app_starts_when_both_monitor_processes_died(field) -> None:
+    from lazymem.monitor.client import get_client
+
+    from .test_monitor_recovery import _kill
+
+    path, src = field
+    a = lazymem.open(path, readahead=0)
+    b = a.copy()
+    b[0] = 6.0
+    assert b[300, 0] == src[300, 0]
+    client = get_client()
+    generation = client.generation
+    _kill(client.supervisor_pid, client.monitor_pid)
+    # Idle: the watcher starts a new monitor (the standby) and hands it the array, then the copy.
+    assert client.wait_for_generation(generation + 1, timeout=120)
+    want = src.copy()
+    want[0] = 6.0
+    assert_same_array(b, want)
+    assert lazymem.stats(b).private_bytes == PAGE and lazymem.stats(a).copies == 1
+    assert_same_array(a.copy(), src)
