@@ -47,6 +47,7 @@ def test_a_copy_is_lazy_writeable_and_private(field) -> None:
     assert lazymem.stats(a).private_bytes == 11 * PAGE and lazymem.stats(a).copies == 2
     # Reads went through the array's cache: each chunk was installed once for a, b and c.
     assert stats.chunks_installed == stats.chunks_total == lazymem.stats(a).chunks_installed
+    assert stats.readahead_chunks > 0  # the copy's sequential faults read ahead, as the array's do
 
 
 def test_cached_chunks_appear_in_a_copy_without_a_fault(field) -> None:
