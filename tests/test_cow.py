@@ -526,3 +526,31 @@ def test_a_copy_is_handed_to_the_monitor_the_app_starts_when_both_monitor_proces
     assert_same_array(b, want)
     assert lazymem.stats(b).private_bytes == PAGE and lazymem.stats(a).copies == 1
     assert_same_array(a.copy(), src)
+
+
+_POOL_COPY: np.ndarray | None = None
+
+
+def _write_then_sum(row: int) -> float:
+    assert _POOL_COPY is not None
+    _POOL_COPY[row] += 1  # in the worker's own copy (fork: copy-on-write), never the parent's
+    return float(_POOL_COPY[row].sum(dtype=np.float64))
+
+
+def test_a_multiprocessing_fork_pool_works_on_its_own_copies(field) -> None:
+    import multiprocessing
+
+    path, src = field
+    global _POOL_COPY
+    _POOL_COPY = lazymem.open(path).copy()  # inherited by the forked workers, not pickled
+    _POOL_COPY[0] = 0.0  # a page written before the fork: the workers see it
+    want = src.copy()
+    want[0] = 0.0
+    rows = list(range(0, src.shape[0], 97))
+    try:
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            sums = pool.map(_write_then_sum, rows)
+        assert_same_array(_POOL_COPY, want)  # the workers' writes stayed theirs
+    finally:
+        _POOL_COPY = None
+    assert sums == [float((want[i] + 1).sum(dtype=np.float64)) for i in rows]
