@@ -278,6 +278,7 @@ def test_lazy_order_agrees_with_numpy_layouts(order: str) -> None:
                 assert got.strides == view.strides or got.size <= 1 or view.ndim == 1, (view.strides, how)
 
 
+@pytest.mark.slow  # ~15 s: a pytest session of its own in a child
 def test_the_same_in_zero_copy_mode() -> None:
     # The client picks MINOR faults and UFFDIO_CONTINUE once per process: run these in a child.
     # A copy's minor faults are answered by UFFDIO_CONTINUE on its private mapping (read-only
