@@ -119,8 +119,8 @@ class LazyArray(np.ndarray):
         # By reference: the URL and where this view lies in the array, a few hundred bytes. The
         # other process opens the URL lazily itself (spawn, forkserver, another machine).
         handle = self._lazy
-        if handle is None or (handle.copy is not None and handle.copy.written_bytes()):
-            # A copy that was written to: its data (a reference would lose the writes).
+        if handle is None or (handle.copy is not None and handle.copy.written_under(self)):
+            # A view of a copy with pages written: its data (a reference would lose the writes).
             return np.array(self, copy=True).view(np.ndarray).__reduce__()
         offset = self.ctypes.data - handle.base_address
         args = (handle.url, handle.storage_options, handle.open_options, self.dtype, self.shape, self.strides, offset)
