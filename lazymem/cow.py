@@ -11,9 +11,10 @@ every mapping but never a private copy (``fallocate(PUNCH_HOLE)`` leaves COWed p
 
 What is lazy: a copy whose result lies in memory exactly as the source does, i.e. a contiguous
 array (or view) copied in its own memory order (``order="K"``/``"A"``, or ``"C"`` of a C-contiguous
-one, ``"F"`` of an F-contiguous one), of at least one install unit. Anything else (a strided or
-reversed view, another order, a copy of a copy that was written to) is numpy's eager copy, as a
-plain ndarray: the result has another layout, so it cannot be a mapping of the array.
+one, ``"F"`` of an F-contiguous one), of at least one install unit. Anything else is numpy's
+eager copy, as a plain ndarray: a strided or reversed view or another order (the result has
+another layout, so it cannot be a mapping of the array), or a view of a copy with written pages
+(the writes are in this process only, not in the memfd).
 """
 
 from __future__ import annotations
