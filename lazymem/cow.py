@@ -63,12 +63,14 @@ class PrivateView:
         self.address = uffd.map_private(carrier.memfd, self.length, reserve=bool(carrier.huge_page))
         try:
             uffd.register(self.client.uffd, self.address, self.length, _register_mode(carrier.zero_copy))
+            # Live before the monitor hears of it: a monitor started between the two (the last one
+            # died) must be handed this copy too, or its faults would find no region, for ever.
+            carrier.copies.add(self)
+            live.add(self)
             self.client.request("copy", **self._copy_args())
         except BaseException:
             self._unmap()
             raise
-        carrier.copies.add(self)
-        live.add(self)
 
     def _copy_args(self) -> dict[str, Any]:
         return {"client": self.client.uffd_key, "region_id": self.carrier.region_id, "copy_id": self.region_id,

@@ -460,7 +460,9 @@ def test_a_copys_reader_survives_a_monitor_killed_with_its_faults_queued(tmp_pat
 # --- huge pages: a copy reserves its own pages from the pool (a write copies 2 MiB) -----------------
 
 def test_huge_page_copies_reserve_from_the_pool_or_are_eager(tmp_path: Path, pool) -> None:
-    from .test_huge_pages import HUGE
+    from lazymem.kernel import userfaultfd as uffd
+
+    from .test_huge_pages import HUGE, NR_HUGEPAGES, _set_pool
 
     pool(4)  # the array's 2 huge pages, and 2 for one copy
     src = np.arange(2 * HUGE // 4, dtype=np.float32)
@@ -473,12 +475,15 @@ def test_huge_page_copies_reserve_from_the_pool_or_are_eager(tmp_path: Path, poo
     b[5] = -1.0
     assert lazymem.stats(b).private_bytes == HUGE  # one written page: a whole huge page copied
     assert a[5] == 5.0 and b[5] == -1.0
-    c = a.copy()  # the pool is empty now: numpy's eager copy, in ordinary memory
+    # Empty the pool of free pages (again: it is system-wide, another process may have grown it).
+    _set_pool(int(NR_HUGEPAGES.read_text()) - uffd.huge_pages()[1])
+    c = a.copy()  # the pool is empty: numpy's eager copy, in ordinary memory
     assert type(c) is np.ndarray
     assert_same_array(c, src)
     del b
     gc.collect()
-    d = a.copy()  # b's reservation went back to the pool with it
+    assert uffd.huge_pages()[1] >= 2  # b's reservation went back to the pool with it
+    d = a.copy()
     assert _is_lazy_copy(d)
     assert_same_array(d, src)
 
