@@ -113,7 +113,7 @@ class LazyArray(np.ndarray):
         # A view unpickled in this same process (dask's scheduler in the client, a local submit)
         # maps the memory this one has (see reopened.remember).
         handle = self._lazy
-        if handle is None:
+        if handle is None or self.flags.writeable:  # memory of its own, or a copy it may have written
             return np.array(self, copy=True).view(np.ndarray).__reduce__()
         from .reopened import remember
 
@@ -225,10 +225,10 @@ def _rebuild(url: str, storage_options: dict[str, Any] | None, open_options: dic
     opened = open_whole(url, storage_options, open_options)
     if opened is None:  # an empty array
         return np.ndarray.__new__(LazyArray, shape, dtype)
-    flat, handle = opened
+    flat, handle, received = opened
     view = np.ndarray.__new__(LazyArray, shape, dtype, buffer=flat, offset=offset, strides=strides)
     view._lazy = handle
-    if view.size and not _is_whole(view, handle):
+    if received and view.size and not _is_whole(view, handle):
         low, high = getattr(np.lib, "array_utils", np).byte_bounds(np.asarray(view))
         handle.region.request("readahead_extent", start=low - handle.base_address, stop=high - handle.base_address)
     return view

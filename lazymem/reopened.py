@@ -73,9 +73,10 @@ def remember(arr: np.ndarray, handle: _Handle, url: str, storage_options: dict[s
 
 
 def open_whole(url: str, storage_options: dict[str, Any] | None,
-               open_options: dict[str, Any]) -> tuple[np.ndarray, _Handle] | None:
+               open_options: dict[str, Any]) -> tuple[np.ndarray, _Handle, bool] | None:
     """The flat memory and handle of ``url`` opened with these options, opening it only if this
-    process has no open array for them. None for an empty array (nothing to map)."""
+    process has no open array for them, and whether it was opened to unpickle (not the sender's
+    own array, whose readahead is left alone). None for an empty array (nothing to map)."""
     from .array import LazyArray, open
 
     k = key(url, storage_options, open_options)
@@ -98,23 +99,29 @@ def open_whole(url: str, storage_options: dict[str, Any] | None,
         _kept.move_to_end(k)
         while len(_kept) > KEEP_OPEN:
             _kept.popitem(last=False)
-    return flat, handle
+    return flat, handle, True
 
 
-def _lookup(k: str) -> tuple[np.ndarray, _Handle] | None:
+def _lookup(k: str) -> tuple[np.ndarray, _Handle, bool] | None:
     kept = _kept.get(k)
     if kept is not None:
         if _usable(kept[1]):
             _kept.move_to_end(k)
-            return kept
+            return (*kept, True)
         del _kept[k]
     sent = _sent.get(k)
     if sent is not None:
         flat = sent[0]()
         if flat is not None and _usable(sent[1]):
-            return flat, sent[1]
+            return flat, sent[1], False
         del _sent[k]
     return None
+
+
+def opened_here() -> dict[str, _Handle]:
+    """The arrays this process keeps open for unpickling, by URL (for stats per worker)."""
+    with _lock:
+        return {handle.url: handle for _flat, handle in _kept.values() if _usable(handle)}
 
 
 def forget_all() -> None:

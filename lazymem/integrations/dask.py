@@ -22,8 +22,11 @@ calls :func:`register`, which registers lazily, keyed on the ``lazymem`` module.
 
 from __future__ import annotations
 
+import importlib.abc
 import sys
 import uuid
+from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -37,21 +40,59 @@ REFERENCE_BYTES = 512
 
 # --- registration -----------------------------------------------------------------------------------
 def register(sizeof: Any = None) -> None:
-    """The ``dask.sizeof`` entry point: register lazily with dask's dispatchers (the functions run
-    the first time dask meets a lazymem object, so ``import dask`` imports nothing more)."""
-    if sizeof is None:
-        from dask.sizeof import sizeof
-    from dask.tokenize import normalize_token
+    """The ``dask.sizeof`` entry point: register with dask's dispatchers, lazily (the functions
+    run the first time dask meets a lazymem object), importing nothing.
 
-    sizeof.register_lazy("lazymem")(_register_sizeof)
-    normalize_token.register_lazy("lazymem")(_register_tokenize)
+    dask loads the group at the end of ``dask/sizeof.py``, which ``import dask`` reaches from
+    ``dask._task_spec`` before ``dask.tokenize`` exists: importing ``dask.tokenize`` from here then
+    is a circular import (an ImportError that breaks ``import dask``; checked on dask 2026.8). So
+    the tokenizer is registered right after ``dask.tokenize`` has run, by a one-shot import hook.
+    """
+    _when_loaded("dask.sizeof", "sizeof", _register_sizeof)
+    _when_loaded("dask.tokenize", "normalize_token", _register_tokenize)
 
 
 def register_now() -> None:
-    """Register with dask (and distributed, if imported) at once: what :func:`to_dask` does, and
-    what a process without the installed entry point may call."""
+    """Register with dask (and distributed, if imported) at once: what :func:`to_dask` does."""
     _register_sizeof()
     _register_tokenize()
+
+
+def _when_loaded(module: str, dispatcher: str, registrar: Callable[[], None]) -> None:
+    """``dispatcher.register_lazy("lazymem")(registrar)`` as soon as ``module`` defines it."""
+    loaded = getattr(sys.modules.get(module), dispatcher, None)
+    if loaded is not None:
+        loaded.register_lazy("lazymem")(registrar)
+    elif not any(isinstance(f, _AfterImport) and f.name == module for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(module, lambda: _when_loaded(module, dispatcher, registrar)))
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Call ``then`` once module ``name`` has been executed (then leave ``sys.meta_path``)."""
+
+    def __init__(self, name: str, then: Callable[[], None]) -> None:
+        self.name = name
+        self.then = then
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            spec = finder.find_spec(fullname, path, target) if hasattr(finder, "find_spec") else None
+            if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                loader: Any = spec.loader  # this spec's own loader object
+                loader.exec_module = _then(loader.exec_module, self.then)
+                return spec
+        return None
+
+
+def _then(run: Callable[[Any], None], then: Callable[[], None]) -> Callable[[Any], None]:
+    def exec_module(module: Any) -> None:
+        run(module)
+        then()
+
+    return exec_module
 
 
 def _register_sizeof() -> None:
@@ -125,7 +166,7 @@ def _version(handle: _Handle) -> tuple[Any, ...]:
 
 def _sizeof(arr: LazyArray) -> int:
     _register_distributed_if_loaded()
-    if arr._lazy is None:
+    if arr._lazy is None or arr.flags.writeable:  # its own memory, or a copy's pages it may have written
         return int(arr.nbytes)
     return REFERENCE_BYTES
 
@@ -134,7 +175,7 @@ def _dask_serialize(arr: LazyArray, context: dict[str, Any] | None = None) -> tu
     from distributed.protocol import numpy as dnumpy
     from distributed.protocol import pickle
 
-    if arr._lazy is None:  # its own memory: raw bytes, as numpy arrays go
+    if arr._lazy is None or arr.flags.writeable:  # its own memory, or a written copy's: raw bytes
         return dnumpy.serialize_numpy_ndarray(arr.view(np.ndarray), context)  # type: ignore[no-any-return]
     # {"pickle": True} is what distributed's numpy deserializer knows: a process that never
     # registered LazyArray still unpickles the reference rather than misreading it as raw bytes.
@@ -145,6 +186,17 @@ def _dask_deserialize(header: dict[str, Any], frames: list[Any]) -> np.ndarray:
     from distributed.protocol import numpy as dnumpy
 
     return dnumpy.deserialize_numpy_ndarray(header, frames)  # type: ignore[no-any-return]
+
+
+def opened_here() -> dict[str, Any]:
+    """:func:`lazymem.stats` of each array this process opened to unpickle views of it, by URL:
+    on a worker, what its tasks fetched (``client.run(lazymem.integrations.dask.opened_here)``)."""
+    from ..array import Stats
+    from ..reopened import opened_here as handles
+
+    names = {f.name for f in fields(Stats)}
+    return {url: Stats(**{k: v for k, v in handle.region.request("stats").items() if k in names})
+            for url, handle in handles().items()}
 
 
 # --- to_dask ----------------------------------------------------------------------------------------
@@ -262,5 +314,6 @@ def aligned_chunks(arr: LazyArray, target_bytes: int | None = None) -> Any:
     return normalize_chunks(tuple(blocks), arr.shape, dtype=arr.dtype)
 
 
-if "dask" in sys.modules:  # dask came first (and its entry point may not be installed): register now
-    register_now()
+# Registered from here too, not only by the entry point: lazymem is imported before any of its
+# arrays exists (unpickling one imports it), and a source checkout has no entry points installed.
+register()
