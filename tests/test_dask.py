@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -127,9 +126,8 @@ def test_sizeof_counts_the_reference_not_the_virtual_size(zeros_256mib) -> None:
 
 def test_distributed_serializes_a_view_as_its_reference(walk) -> None:
     pytest.importorskip("distributed")
-    from distributed.protocol import deserialize, serialize
-
     from dask.sizeof import sizeof
+    from distributed.protocol import deserialize, serialize
 
     path, src = walk
     a = lazymem.open(path)
@@ -216,6 +214,36 @@ def test_from_array_with_default_arguments_fetches_nothing(zeros_256mib) -> None
     _untouched(a)
     assert x.name == da.from_array(a).name  # named by reference, deterministically
     assert float(x[::1000].sum().compute()) == 0.0
+
+
+@pytest.fixture(scope="module")
+def virtual_16gib(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """16 GiB of float64 zeros (a few MiB stored): an array no test process could hold."""
+    path = str(tmp_path_factory.mktemp("big") / "zeros16.npy.zst")
+    lazymem.save(path, np.broadcast_to(np.float64(0), (2**16, 2**15)), chunk_bytes=64 * MiB)
+    return path
+
+
+@pytest.mark.slow  # writing the 16 GiB file takes ~20 s here
+@needs_lazy_copy
+def test_from_array_of_a_16_gib_array_fetches_nothing(virtual_16gib) -> None:
+    a = lazymem.open(virtual_16gib)
+    x = da.from_array(a)
+    _untouched(a)
+    assert x.name == da.from_array(a).name
+    assert float(x[::4096, ::4096].sum().compute()) == 0.0
+
+
+@pytest.mark.slow
+def test_to_dask_of_a_16_gib_array_fetches_nothing_and_then_only_its_slice(virtual_16gib) -> None:
+    from dask.tokenize import tokenize
+
+    a = lazymem.open(virtual_16gib)
+    x = lazymem.to_dask(a)
+    tokenize(a), tokenize(x)
+    _untouched(a)
+    assert float(x[40_000:40_010].sum().compute()) == 0.0
+    assert lazymem.stats(a).chunks_installed == 1
 
 
 def test_from_array_slices_reduce_and_map_blocks_like_numpy(walk) -> None:

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 pytest.importorskip("distributed")
-import dask  # noqa: E402
-from distributed import Client, LocalCluster  # noqa: E402
+import dask
+from distributed import Client, LocalCluster
 
-import lazymem  # noqa: E402
-from lazymem.integrations import dask as lazymem_dask  # noqa: E402
+import lazymem
+from lazymem.integrations import dask as lazymem_dask
 
 UNIT = 2**18  # 256 KiB: 32 units in the 8 MiB array
 ROWS_PER_UNIT = UNIT // (256 * 4)
@@ -126,7 +126,7 @@ def test_an_array_whose_object_disappeared_is_an_error_in_the_task(client: Clien
     (http_store.dir / "walk.npy.zst").unlink()
     # Workers that opened it: the units not loaded yet cannot be fetched. Workers that did not:
     # the array cannot be opened. Either way an exception in the task, naming the URL.
-    with pytest.raises(lazymem.LazymemError, match="walk.npy.zst"):
+    with pytest.raises(lazymem.LazymemError, match=r"walk\.npy\.zst"):
         x[half:].sum(axis=0).compute()
-    with pytest.raises(lazymem.LazymemError, match="walk.npy.zst"):
+    with pytest.raises(lazymem.LazymemError, match=r"walk\.npy\.zst"):
         x.sum().compute()

@@ -133,13 +133,23 @@ def _normalize(arr: LazyArray) -> Any:
     handle = arr._lazy
     if handle is None:  # memory of its own (a result, a detached copy): as any ndarray
         return normalize_token.dispatch(np.ndarray)(arr)
-    if arr.flags.writeable:
-        # A copy-on-write copy: its pages may differ from storage, and hashing them is what we
-        # avoid. Named uniquely (stable for this object), as dask names objects it cannot hash.
+    if _written(arr, handle) != 0:
+        # A copy-on-write copy that was written to (or may have been): its pages differ from
+        # storage, and hashing them is what we avoid. Named uniquely (stable for this object), as
+        # dask names objects it cannot hash. An unwritten copy holds the array's data: named by it.
         return _unique_token(arr)
     offset = arr.ctypes.data - handle.base_address
     return normalize_token(("lazymem.LazyArray", handle.url, _version(handle), handle.storage_options,
                             handle.open_options, arr.dtype.str, arr.shape, arr.strides, offset))
+
+
+def _written(arr: LazyArray, handle: _Handle) -> int | None:
+    """Bytes a writeable copy-on-write copy (``a.copy()``) has written: 0 for a read-only view,
+    None when unknown (then assume written)."""
+    if not arr.flags.writeable:
+        return 0
+    written = getattr(getattr(handle, "copy", None), "written_bytes", None)
+    return int(written()) if callable(written) else None
 
 
 def _unique_token(arr: LazyArray) -> str:
@@ -166,7 +176,7 @@ def _version(handle: _Handle) -> tuple[Any, ...]:
 
 def _sizeof(arr: LazyArray) -> int:
     _register_distributed_if_loaded()
-    if arr._lazy is None or arr.flags.writeable:  # its own memory, or a copy's pages it may have written
+    if arr._lazy is None or _written(arr, arr._lazy) != 0:  # its own memory, or a written copy's pages
         return int(arr.nbytes)
     return REFERENCE_BYTES
 
@@ -175,7 +185,7 @@ def _dask_serialize(arr: LazyArray, context: dict[str, Any] | None = None) -> tu
     from distributed.protocol import numpy as dnumpy
     from distributed.protocol import pickle
 
-    if arr._lazy is None or arr.flags.writeable:  # its own memory, or a written copy's: raw bytes
+    if arr._lazy is None or _written(arr, arr._lazy) != 0:  # its own memory, or a written copy's: raw bytes
         return dnumpy.serialize_numpy_ndarray(arr.view(np.ndarray), context)  # type: ignore[no-any-return]
     # {"pickle": True} is what distributed's numpy deserializer knows: a process that never
     # registered LazyArray still unpickles the reference rather than misreading it as raw bytes.
