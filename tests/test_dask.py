@@ -198,6 +198,18 @@ def test_to_dask_of_a_zarr_array_follows_its_stored_chunks(tmp_path: Path) -> No
     np.testing.assert_allclose(x[:, 100:200].sum(axis=0).compute(), src[:, 100:200].sum(axis=0))
 
 
+def test_to_dask_of_a_plain_npy_maps_it_and_names_it_by_its_file(tmp_path: Path) -> None:
+    src = np.arange(3 * 2**20, dtype=np.int32).reshape(-1, 1024)
+    path = tmp_path / "plain.npy"
+    np.save(path, src)
+    x = lazymem.to_dask(str(path))
+    assert x.name == lazymem.to_dask(str(path)).name
+    assert_same_array(x[5:3000:7].compute(), np.ascontiguousarray(src[5:3000:7]))
+    assert int(x.sum(dtype=np.int64).compute()) == int(src.sum(dtype=np.int64))
+    np.save(path, src + 1)  # rewritten: another name
+    assert lazymem.to_dask(str(path)).name != x.name
+
+
 def test_a_failed_fetch_is_an_exception_in_the_task_not_a_signal(walk, tmp_path: Path) -> None:
     path, _ = walk
     x = lazymem.to_dask(path)

@@ -23,6 +23,7 @@ calls :func:`register`, which registers lazily, keyed on the ``lazymem`` module.
 from __future__ import annotations
 
 import importlib.abc
+import os
 import sys
 import uuid
 from collections.abc import Callable
@@ -33,6 +34,7 @@ import numpy as np
 
 from ..array import LazyArray, _Handle
 from ..array import open as _open
+from ..mapped import MappedArray
 
 REFERENCE_BYTES = 512
 """What ``sizeof`` reports for a view held by reference: about its pickle (URL and options)."""
@@ -214,27 +216,37 @@ class _Blocks:
     """What ``da.from_array`` slices: the lazy array, without a ``copy`` method (``from_array``
     copies anything that has one), fetching each block before handing it over."""
 
-    def __init__(self, array: LazyArray) -> None:
+    def __init__(self, array: np.ndarray, token: Any = None) -> None:
         self.array = array
         self.shape = array.shape
         self.dtype = array.dtype
         self.ndim = array.ndim
+        self.token = token  # None: the array's own token
 
     def __getitem__(self, key: Any) -> np.ndarray:
         # Fetched here, concurrently, where a failure is an exception in the task (a touch of a
         # chunk that cannot load would be SIGBUS and cost the worker). A plain ndarray view: the
         # block's memory is resident now, and results stay plain ndarrays.
-        self.array.prefetch(key)
+        if isinstance(self.array, LazyArray) and self.array._lazy is not None:
+            self.array.prefetch(key)
         block = self.array[key]
         return block.view(np.ndarray) if isinstance(block, np.ndarray) else block
 
     def __dask_tokenize__(self) -> Any:
         from dask.tokenize import normalize_token
 
-        return ("lazymem.to_dask", normalize_token(self.array))
+        return ("lazymem.to_dask", normalize_token(self.array) if self.token is None else self.token)
 
     def __repr__(self) -> str:
-        return f"<lazymem blocks of {self.array._lazy.url if self.array._lazy else 'an array'}>"
+        return f"<lazymem blocks of a {type(self.array).__name__} {self.shape} {self.dtype}>"
+
+
+def _mapped_file_token(arr: MappedArray) -> Any:
+    """A whole mapped local ``.npy`` named by its file as it is now (np.memmap's own token hashes
+    every byte of it)."""
+    st = os.stat(str(arr.filename))
+    return ("lazymem.MappedArray", str(arr.filename), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+            arr.dtype.str, arr.shape, arr.strides)
 
 
 def to_dask(url_or_array: str | np.ndarray, chunks: Any = None, *, path: str | None = None,
@@ -272,11 +284,14 @@ def to_dask(url_or_array: str | np.ndarray, chunks: Any = None, *, path: str | N
         arr = url_or_array
     else:
         arr = _open(url_or_array, path=path, **open_options)
-    if not isinstance(arr, LazyArray) or arr._lazy is None:  # a mapped .npy, an empty array: dask's own way
-        return da.from_array(arr, chunks="auto" if chunks is None else chunks, name=name)
-    if chunks is None:
+    token = None
+    if not isinstance(arr, LazyArray) or arr._lazy is None:  # a mapped local .npy, an empty array
+        if isinstance(arr, MappedArray) and not isinstance(url_or_array, np.ndarray):
+            token = _mapped_file_token(arr)  # opened here: the whole file
+        chunks = "auto" if chunks is None else chunks
+    elif chunks is None:
         chunks = aligned_chunks(arr)
-    blocks = _Blocks(arr)
+    blocks = _Blocks(arr, token)
     name = name or f"lazymem-{tokenize(blocks, chunks)}"
     # inline_array: every task holds the reference (a few hundred bytes), so no task depends on
     # another worker for the array, and all of them are root tasks the scheduler spreads freely.
