@@ -67,7 +67,7 @@ def xarray_store(ds: Dataset) -> Path:
     from zarr.codecs import ZstdCodec
 
     path = ds.dir / f"{ds.zarr.stem}-xarray.zarr"
-    marker = path / "complete"
+    marker = path.with_name(path.name + ".complete")  # beside it: zarr warns of unknown files inside
     if marker.exists():
         return path
     log("data: writing the zarr group for xarray ...")

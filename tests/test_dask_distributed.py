@@ -90,7 +90,10 @@ def test_client_map_over_views_fetches_each_view_once(client: Client, served) ->
     assert [float(s) for s in sums] == [float(np.sum(src[i * rows:(i + 1) * rows])) for i in range(len(views))]
     served_bytes = _bytes_served(server)
     assert served_bytes <= 1.3 * stored, (served_bytes, stored)  # readahead stayed inside each view
-    assert lazymem.stats(a).chunks_installed == 0
+    # The whole array, submitted: a reference too, summed in a worker.
+    total = client.submit(np.sum, a, dtype=np.float64).result()
+    assert float(total) == float(np.sum(src, dtype=np.float64))
+    assert lazymem.stats(a).chunks_installed == 0  # the client fetched nothing, ever
 
 
 def _die_once(block: np.ndarray, marker: str) -> np.ndarray:
