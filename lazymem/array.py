@@ -13,18 +13,20 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any
 
+import fsspec
 import numpy as np
 
 from .config import default_max_resident, parse_size
-from .errors import ClosedArrayError, HugePagesUnavailableError, UnsupportedStorageError
+from .errors import ClosedArrayError, HugePagesUnavailableError
 from .kernel import userfaultfd as uffd
 from .kernel.userfaultfd import PAGE_SIZE, round_up
 from .mapped import MappedArray, map_npy
 from .monitor.client import get_client
 from .region import Region
-from .sources import absolute_url, open_source
+from .sources import absolute_url
 from .sources.base import Source
 from .sources.flat import FlatSource
+from .sources.formats import open_array_source
 from .storage.remote import check_shareable, share_whole_file_cache
 
 DEFAULT_READAHEAD = 8  # chunks; the window grows up to this on sequential access
@@ -348,10 +350,12 @@ def open(
     url : str
         Any fsspec URL of a seekable zstd file holding a ``.npy`` stream (as written by
         :func:`lazymem.save`, pyzstd's ``SeekableZstdFile`` or ``zstd --seekable``-style tools),
-        or of a zarr array or group (a URL ending in ``.zarr``, or any with ``path``; preview:
-        see the README).
+        a zarr array or group (v2, v3, sharded), an HDF5 / NetCDF file: the format is found from
+        the object's bytes, not its name (see the README for each format's limits).
     path : str, optional
-        The array's path inside a zarr group (``"t2m"``, ``"sub/x"``).
+        The array's path inside a zarr group or an HDF5 / NetCDF file (``"t2m"``, ``"sub/x"``);
+        may be omitted where the group holds one array. A zarr array's URL inside its store
+        (``.../era5.zarr/t2m``) names the path too.
     storage_options : dict, optional
         Passed to fsspec, in this process and in the monitor.
     chunk_bytes : int or str, optional
@@ -395,25 +399,16 @@ def open(
     url = absolute_url(url)  # pickled by URL: a worker in another directory must find it too
     if max_in_flight is not None and (isinstance(max_in_flight, bool) or int(max_in_flight) < 1):
         raise ValueError(f"max_in_flight must be a positive int (got {max_in_flight!r})")
-    source: Source
-    if path is None and ".zarr/" in url:  # an array's URL inside a store: the store, and the path in it
-        at = url.index(".zarr/") + len(".zarr")
-        url, path = url[:at], url[at + 1 :].strip("/") or None
-    if path is not None or _is_zarr_url(url):
-        from .sources.zarr_array import ZarrSource
-
-        if url.startswith("memory://"):
-            raise UnsupportedStorageError(f"{url}: memory:// lives in this process; the monitor cannot read it")
-        source = ZarrSource(url, path, storage_options)
-    else:
-        reader = open_source(url, storage_options)
-        check_shareable(reader.fs, url)  # memory:// lives in this process: the monitor cannot read it
+    # memory:// lives in this process: the monitor cannot read it (checked before any read)
+    check_shareable(fsspec.core.url_to_fs(url, **(storage_options or {}))[0], url)
+    source = open_array_source(url, path, storage_options)
+    if isinstance(source, FlatSource):
+        reader = source.reader
         share_whole_file_cache(reader.fs)  # one simplecache download for this process and the monitor
         if reader.format_name == "npy" and reader.storage.is_local and reader.header.nbytes:
             # An uncompressed local .npy: the kernel's own page cache and mmap beat anything we could
             # do (no fault round trips, readahead for free). Same read-only ndarray contract.
             return map_npy(reader.path, url)  # type: ignore[return-value]
-        source = FlatSource(reader, url)
     # From here on only the source interface: what the monitor serves is a Source.
     nbytes, shape, dtype, order = source.nbytes, source.shape, source.dtype, source.order
     if nbytes == 0:
@@ -458,12 +453,6 @@ def _huge_page_size(requested: bool | None) -> int:
     if not size:
         raise HugePagesUnavailableError("huge_pages=True, but this kernel offers no huge pages (no hugetlbfs)")
     return size
-
-
-def _is_zarr_url(url: str) -> bool:
-    """A URL that names a zarr store by its suffix (no request made: native files keep their
-    one-request open)."""
-    return url.rstrip("/").lower().endswith(".zarr")
 
 
 def _readahead(requested: int | None, remote: bool) -> int:

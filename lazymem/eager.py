@@ -221,6 +221,7 @@ def _decode_on_pool(
 def load(
     url: str,
     *,
+    path: str | None = None,
     storage_options: dict[str, Any] | None = None,
     threads: int | None = None,
     out: np.ndarray | None = None,
@@ -230,8 +231,10 @@ def load(
     Parameters
     ----------
     url : str
-        A native ``.npy.zst`` file, any seekable zstd file holding a ``.npy`` stream, or a plain
-        ``.npy`` file; anywhere fsspec reaches.
+        Anything :func:`lazymem.open` reads (``.npy.zst``, seekable zstd, ``.npy``, zarr, HDF5,
+        NetCDF), anywhere fsspec reaches.
+    path : str, optional
+        The array's path inside a group or file, as for :func:`lazymem.open`.
     storage_options : dict, optional
         Passed to the filesystem.
     threads : int, optional
@@ -256,9 +259,9 @@ def load(
     FetchError
         Storage failed.
     """
-    from .sources.flat import FlatSource
+    from .sources.formats import open_array_source
 
-    source = FlatSource.open(url, storage_options)  # load asks only the source interface
+    source = open_array_source(url, path, storage_options)  # load asks only the source interface
     if out is None:
         return source.read_all(threads=threads)
     source.read_all_into(out, threads=threads)

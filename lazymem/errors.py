@@ -17,7 +17,7 @@ class ArrayNotFoundError(LazymemError, FileNotFoundError):
 
 
 class FormatError(LazymemError, ValueError):
-    """The object is not a seekable zstd file holding a ``.npy`` stream (or a plain ``.npy``)."""
+    """The object is not an array in a format lazymem reads, or its metadata is damaged."""
 
 
 class TruncatedFileError(FormatError):
@@ -34,6 +34,12 @@ class HeaderError(FormatError):
 
 class UnsupportedDtypeError(HeaderError, TypeError):
     """The dtype cannot be served lazily (object dtypes hold pointers, not data)."""
+
+
+class UnsupportedCodecError(FormatError):
+    """The array is stored with a codec (compressor, filter, HDF5 filter) lazymem cannot or will not
+    run: not installed (the message names the package to install), unknown, or unsafe on untrusted
+    input (codecs that run code when decoding, such as numcodecs ``Pickle``)."""
 
 
 class CorruptChunkError(LazymemError, ValueError):

@@ -1,4 +1,5 @@
-"""``open_group``: a zarr group as a read-only mapping of its arrays, each opened lazily on access."""
+"""``open_group``: a group (a zarr group, an HDF5/NetCDF file) as a read-only mapping of its
+arrays, each opened lazily on access."""
 
 from __future__ import annotations
 
@@ -7,58 +8,53 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArrayNotFoundError, FormatError
+from .sources.formats import ArrayInfo, open_listing
 
 
 class Group(Mapping[str, np.ndarray]):
-    """The arrays of a zarr group by path (``"t2m"``, ``"sub/mask"``), opened with
-    :func:`lazymem.open` when accessed (each access opens the array anew: keep what you use)."""
+    """The arrays of a group by path (``"t2m"``, ``"sub/mask"``), opened with :func:`lazymem.open`
+    when accessed (each access opens the array anew: keep what you use)."""
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None, open_options: dict[str, Any]) -> None:
-        from .sources.zarr_array import _zarr, array_paths
-
-        zarr = _zarr()
-        kwargs = {"storage_options": storage_options} if storage_options and "://" in url else {}
-        try:
-            group = zarr.open_group(store=url, mode="r", **kwargs)
-        except FileNotFoundError as exc:
-            raise ArrayNotFoundError(f"{url}: no zarr group ({exc})") from exc
-        except (ValueError, TypeError, KeyError) as exc:
-            raise FormatError(f"{url}: not a readable zarr group ({type(exc).__name__}: {exc})") from exc
+        listing = open_listing(url, storage_options)
         self.url = url
-        self.attrs: dict[str, Any] = dict(group.attrs)
+        self.format = listing.format
+        """``"zarr"``, ``"hdf5"``, ``"netcdf3"``."""
+        self.attrs: dict[str, Any] = dict(listing.attrs)
         """The group's attributes (a copy)."""
-        self._paths = array_paths(group)
+        self.arrays: dict[str, ArrayInfo] = dict(listing.arrays)
+        """What the group's metadata says of each array (shape, dtype, attrs, dimension names),
+        read without opening any."""
         self._storage_options = storage_options
         self._open_options = open_options
 
     def __getitem__(self, path: str) -> np.ndarray:
-        if path not in self._paths:
+        if path not in self.arrays:
             raise KeyError(path)
         from .array import open as open_array
 
         return open_array(self.url, path=path, storage_options=self._storage_options, **self._open_options)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._paths)
+        return iter(self.arrays)
 
     def __len__(self) -> int:
-        return len(self._paths)
+        return len(self.arrays)
 
     def __repr__(self) -> str:
-        return f"<lazymem.Group {self.url!r}: {', '.join(self._paths)}>"
+        return f"<lazymem.Group {self.url!r} ({self.format}): {', '.join(self.arrays)}>"
 
 
 def open_group(url: str, *, storage_options: dict[str, Any] | None = None, **open_options: Any) -> Group:
-    """Open a zarr group (v2 or v3, any fsspec URL) as a read-only mapping of array paths to lazy
-    arrays (:func:`lazymem.open` options apply to each). Preview: see the README.
+    """Open a group: a zarr group (v2 or v3), or an HDF5 / NetCDF file, at any fsspec URL, as a
+    read-only mapping of array paths to lazy arrays (:func:`lazymem.open` options apply to each).
 
     Raises
     ------
     ArrayNotFoundError
         Nothing at ``url``.
     FormatError
-        Not a zarr group.
+        Not a group lazymem reads.
     """
     from .sources import absolute_url
 

@@ -36,6 +36,7 @@ __all__ = [
     "absolute_url",
     "npy_header_bytes",
     "open_source",
+    "open_source_from_storage",
     "parse_npy_header",
     "parse_seek_table",
 ]
@@ -111,13 +112,21 @@ def open_source(url: str, storage_options: dict[str, Any] | None = None) -> Fram
         # HTTP and S3: one suffix-range GET gives the size and the tail (no HEAD first).
         reported, tail = size_and_tail(fs, path, TAIL_READ)
     size = checked_size(path, reported)
-    storage = StoredObject(fs, path, size)
+    return open_source_from_storage(StoredObject(fs, path, size), None, tail)
+
+
+def open_source_from_storage(storage: StoredObject, head: bytes | None, tail: bytes | None) -> FramedSource:
+    """:func:`open_source` of an object already found, with what was read of it (``head``: its
+    first bytes, ``tail``: its last ``TAIL_READ`` bytes or all of it; None where not read)."""
+    size = storage.size
     # The tail is needed anyway for a seekable file, and tells it apart in the same request.
     if tail is None:
         tail = storage.read(size - min(size, TAIL_READ), size)
     if len(tail) >= FOOTER_SIZE and int.from_bytes(tail[-4:], "little") == SEEKABLE_MAGIC:
         return SeekableZstdReader.from_storage(storage, tail=tail)
-    head = tail[:16] if len(tail) == size else storage.read(0, min(size, 16))
+    whole = len(tail) == size
+    if head is None or len(head) < min(size, 16):
+        head = tail[:16] if whole else storage.read(0, min(size, 16))
     if head[: len(MAGIC_PREFIX)] == MAGIC_PREFIX:
-        return RawNpyReader.from_storage(storage, head=tail if len(tail) == size else None)
-    raise FormatError(f"{path}: cannot read this file: {_describe_start(head)}")
+        return RawNpyReader.from_storage(storage, head=tail if whole else None)
+    raise FormatError(f"{storage.path}: cannot read this file: {_describe_start(head)}")

@@ -151,6 +151,25 @@ class Source(ABC):
     def hints(self) -> SourceHints:
         """What the source knows of its storage."""
 
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The array's own attributes as the format stores them (zarr attributes, HDF5/NetCDF
+        attributes): raw, no CF decoding. Empty where the format has none."""
+        return {}
+
+    @property
+    def dimension_names(self) -> tuple[str, ...] | None:
+        """Names of the dimensions where the format records them (zarr v3 ``dimension_names``, v2
+        ``_ARRAY_DIMENSIONS``, HDF5 dimension scales, NetCDF dimensions), else None."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """What ``lazymem info`` prints: ``format``, and whatever the format can say cheaply (chunk
+        and shard grids, codecs, stored and decoded sizes, chunks present...). JSON-serialisable."""
+        return {"format": type(self).__name__, "url": self.url, "shape": list(self.shape),
+                "dtype": self.dtype.str, "order": self.order, "chunks": list(self.storage_chunks),
+                "nbytes": self.nbytes}
+
     def unit_grid(self, unit_bytes: int | None = None) -> UnitGrid:
         """Install units for this array: of ``unit_bytes`` if given, else of the source's choice."""
         return UnitGrid(self.nbytes, unit_bytes if unit_bytes is not None else self.default_unit_bytes())

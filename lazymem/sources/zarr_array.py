@@ -42,6 +42,37 @@ def array_paths(group: Any) -> list[str]:
     return sorted(name for name, node in group.members(max_depth=None) if not hasattr(node, "members"))
 
 
+def _dimension_names(array: Any) -> tuple[str, ...] | None:
+    """zarr v3 ``dimension_names``, else the v2 (xarray) convention ``_ARRAY_DIMENSIONS``."""
+    names = getattr(array.metadata, "dimension_names", None)
+    if names is None:
+        names = array.attrs.get("_ARRAY_DIMENSIONS")
+    if names is None or len(names) != len(array.shape) or any(n is None for n in names):
+        return None
+    return tuple(str(n) for n in names)
+
+
+def _store_options(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    return {"storage_options": storage_options} if storage_options and "://" in url else {}
+
+
+def list_zarr(url: str, storage_options: dict[str, Any] | None = None) -> Any:
+    """The :class:`~lazymem.sources.formats.Listing` of the zarr group at ``url``."""
+    from .formats import ArrayInfo, Listing
+
+    zarr = _zarr()
+    try:
+        group = zarr.open_group(store=url, mode="r", **_store_options(url, storage_options))
+        arrays = {name: ArrayInfo(tuple(int(n) for n in node.shape), np.dtype(node.dtype), dict(node.attrs),
+                                  _dimension_names(node))
+                  for name, node in group.members(max_depth=None) if not hasattr(node, "members")}
+    except FileNotFoundError as exc:
+        raise ArrayNotFoundError(f"{url}: no zarr group ({exc})") from exc
+    except (ValueError, TypeError, KeyError) as exc:
+        raise FormatError(f"{url}: not a readable zarr group ({type(exc).__name__}: {exc})") from exc
+    return Listing(dict(sorted(arrays.items())), dict(group.attrs), "zarr")
+
+
 class ZarrSource(Source):
     """One zarr array, opened read-only through zarr-python (any store fsspec reaches)."""
 
@@ -86,7 +117,15 @@ class ZarrSource(Source):
         return paths[0]
 
     def _options(self) -> dict[str, Any]:
-        return {"storage_options": self.storage_options} if self.storage_options and "://" in self.url else {}
+        return _store_options(self.url, self.storage_options)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.array.attrs)
+
+    @property
+    def dimension_names(self) -> tuple[str, ...] | None:
+        return _dimension_names(self.array)
 
     def __getstate__(self) -> dict[str, Any]:
         # Reopened in the other process: zarr arrays hold event loops and stores that need not pickle.
