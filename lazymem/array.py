@@ -120,10 +120,16 @@ class LazyArray(np.ndarray):
     def __reduce__(self) -> Any:
         # By reference: the URL and where this view lies in the array, a few hundred bytes. The
         # other process opens the URL lazily itself (spawn, forkserver, another machine).
+        # A view unpickled in this same process (dask's scheduler in the client, a local submit)
+        # maps the memory this one has (see reopened.remember).
         handle = self._lazy
         if handle is None or (handle.copy is not None and handle.copy.written_under(self)):
             # A view of a copy with pages written: its data (a reference would lose the writes).
             return np.array(self, copy=True).view(np.ndarray).__reduce__()
+        if handle.copy is None:
+            from .reopened import remember
+
+            remember(self, handle, handle.url, handle.storage_options, handle.open_options)
         offset = self.ctypes.data - handle.base_address
         args = (handle.url, handle.storage_options, handle.open_options, self.dtype, self.shape, self.strides, offset)
         return (cow.rebuild_copy if handle.copy is not None else _rebuild, args)
@@ -265,15 +271,20 @@ class _Handle:
 
 def _rebuild(url: str, storage_options: dict[str, Any] | None, open_options: dict[str, Any],
              dtype: np.dtype, shape: tuple[int, ...], strides: tuple[int, ...], offset: int) -> LazyArray:
-    """Unpickle a LazyArray (or a view of one): open the URL lazily and take the same view."""
-    whole = open(url, storage_options=storage_options, **open_options)
-    if not isinstance(whole, LazyArray):  # a plain local .npy pickles as a MappedArray, not here
-        raise TypeError(f"{url} is no longer a compressed array")
-    if whole._lazy is None:  # an empty array
+    """Unpickle a LazyArray (or a view of one): take the same view of the URL, opened lazily once
+    per process (see :mod:`lazymem.reopened`), and keep readahead inside it (what a task that
+    received it will read)."""
+    from .reopened import open_whole
+
+    opened = open_whole(url, storage_options, open_options)
+    if opened is None:  # an empty array
         return np.ndarray.__new__(LazyArray, shape, dtype)
-    flat = whole.view(np.ndarray).reshape(-1, order="A").view(np.uint8)  # memory order, no copy
+    flat, handle, received = opened
     view = np.ndarray.__new__(LazyArray, shape, dtype, buffer=flat, offset=offset, strides=strides)
-    view._lazy = whole._lazy
+    view._lazy = handle
+    if received and view.size and not _is_whole(view, handle):
+        low, high = getattr(np.lib, "array_utils", np).byte_bounds(np.asarray(view))
+        handle.region.request("readahead_extent", start=low - handle.base_address, stop=high - handle.base_address)
     return view
 
 

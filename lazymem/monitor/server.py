@@ -494,6 +494,13 @@ class Monitor:
         stats["chunk_bytes"] = region.unit_bytes
         return stats
 
+    def _op_readahead_extent(self, *, client: int, region_id: int, start: int, stop: int) -> None:
+        """The app received a view of bytes ``[start, stop)`` by reference (see
+        ``readahead.Readahead.add_extent``). Not journaled: a new monitor reads ahead unclipped."""
+        region = self._region(client, region_id)
+        with region.lock:
+            region.readahead.add_extent(start // region.unit_bytes, (max(stop, start + 1) - 1) // region.unit_bytes)
+
     @staticmethod
     def _settle(region: ServedRegion) -> None:
         """Wait for installs whose pages are in place already (a reader woken early, or one that
