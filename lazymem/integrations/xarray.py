@@ -235,7 +235,7 @@ def _group_specs(url: str, group: str | None, infos: dict[str, tuple[Any, Any]],
     if not specs and prefix and not any(p.startswith(prefix + "/") for p in infos):
         raise ArrayNotFoundError(f"{url}: no group {prefix!r} holding arrays")
     _name_missing_dimensions(specs)
-    return specs, {k: v for k, v in attrs.items() if not k.lower().startswith("_nc")}, nodes
+    return specs, {k: v for k, v in _xarray_attrs(attrs).items() if not k.lower().startswith("_nc")}, nodes
 
 
 def _single_array(url: str, storage_options: dict[str, Any] | None
@@ -291,7 +291,7 @@ def _spec(name: str, path: str | None, shape: tuple[int, ...], dtype: Any, attrs
     unreadable = None
     if dtype.hasobject or dtype.kind not in "biufcmMSUV":
         unreadable = f"variable {name!r} has dtype {dtype}: not fixed-size data, which lazymem cannot map"
-    attrs = {k: v for k, v in attrs.items() if k not in HIDDEN_ATTRS}
+    attrs = _xarray_attrs(attrs)
     encoding: dict[str, Any] = {"dtype": dtype}
     if zarr_node is not None:
         chunks = _zarr_conventions(zarr_node, dtype, attrs, encoding)
@@ -299,6 +299,23 @@ def _spec(name: str, path: str | None, shape: tuple[int, ...], dtype: Any, attrs
         chunks = _band_chunks(shape, dtype, "C", DEFAULT_BAND_BYTES)
     return _VariableSpec(name, path, shape, dtype, tuple(dims) if dims is not None else None, attrs, encoding,
                          chunks, unreadable)
+
+
+def _xarray_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Attributes as xarray's own engines show them: without storage bookkeeping, and byte strings
+    (HDF5's fixed-length strings, as netCDF-4 writes text) decoded as UTF-8 (as its h5netcdf engine
+    does; fill values stay as stored)."""
+    shown = {}
+    for key, value in attrs.items():
+        if key in HIDDEN_ATTRS:
+            continue
+        if key not in ("_FillValue", "missing_value") and isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                pass  # kept as bytes, as xarray does (it warns)
+        shown[key] = value
+    return shown
 
 
 def _zarr_conventions(node: Any, dtype: np.dtype[Any], attrs: dict[str, Any], encoding: dict[str, Any]) -> Any:
