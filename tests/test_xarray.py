@@ -83,7 +83,9 @@ def test_a_zarr_store_reads_as_engine_zarr_does(tmp_path: Path, fmt: int) -> Non
     url = _write(tmp_path, fmt)
     with xr.open_dataset(url, engine="zarr", consolidated=False) as want, xr.open_dataset(url, engine=ENGINE) as got:
         _assert_same_dataset(got, want)
-        assert got.t2m.encoding["preferred_chunks"] == {"time": 10, "lat": 15, "lon": 40}
+        assert got.t2m.encoding["chunks"] == (10, 15, 40)
+        # dask blocks of 4 install units (~1 MiB each) or more, in whole chunk rows: here the whole array
+        assert got.t2m.encoding["preferred_chunks"] == {"time": T, "lat": Y, "lon": X}
         assert np.isnan(got.t2m.values[3, 4, 5]) and np.isnan(got.flagged.values).sum() > 0
         assert got.packed.dtype == np.float64 and got["count"].dtype == want["count"].dtype
 
@@ -113,7 +115,7 @@ def test_a_single_npy_zst_is_one_variable_with_numbered_dimensions(tmp_path: Pat
     lazymem.save(path, src, chunk_bytes=64 << 10)
     with xr.open_dataset(path, engine=ENGINE, readahead=0) as ds:
         assert list(ds.data_vars) == ["temp"] and ds.temp.dims == ("dim_0", "dim_1")
-        assert ds.temp.encoding["preferred_chunks"] == {"dim_0": 16, "dim_1": 1024}  # one 64 KiB unit a block
+        assert ds.temp.encoding["preferred_chunks"] == {"dim_0": 64, "dim_1": 1024}  # 4 units of 64 KiB a block
         lazy = ds.temp.data
         assert isinstance(lazy, lazymem.LazyArray) and lazymem.stats(lazy).chunks_installed == 0
         values = ds.temp.values
@@ -157,6 +159,32 @@ def test_variables_stay_unopened_until_indexed_and_decode_only_the_selection(tmp
         masked = ds.flagged.values  # a finite _FillValue: a decoded copy, NaN where the fill was
         assert not np.shares_memory(masked, store.array("flagged"))
         assert_same_array(masked, want.flagged.values)
+
+
+def test_outer_and_vectorized_selections_fetch_only_their_units(tmp_path: Path) -> None:
+    url = _write(tmp_path, 3)
+    with xr.open_dataset(url, engine=ENGINE, chunk_bytes=65536, readahead=0) as ds, \
+            xr.open_dataset(url, engine="zarr", consolidated=False) as want:
+        outer = {"time": [3, 390], "lat": [1, 5, 29]}  # two vectors: orthogonal indexing
+        got = ds.t2m.isel(outer).values
+        assert lazymem.stats(ds.t2m.data).chunks_installed == 2  # the units of time steps 3 and 390
+        assert_same_array(got, want.t2m.isel(outer).values)
+        points = {"time": xr.DataArray([7, 250], dims="p"), "lon": xr.DataArray([0, 39], dims="p")}
+        assert_same_array(ds.packed.isel(points).values, want.packed.isel(points).values)
+        assert_same_array(ds.t2m.isel(points).values, want.t2m.isel(points).values)
+        assert lazymem.stats(ds.t2m.data).chunks_installed == 3  # step 250's unit more (step 7's was loaded)
+
+
+def test_a_selection_that_cannot_load_raises_and_the_rest_reads(tmp_path: Path) -> None:
+    url = _write(tmp_path, 3)
+    for chunk in (Path(url) / "t2m").rglob("c/30/*/*"):  # the chunks of time steps 300..309
+        chunk.write_bytes(b"not a chunk")
+    with xr.open_dataset(url, engine=ENGINE, chunk_bytes=65536, readahead=0) as ds:
+        with pytest.raises(lazymem.LazymemError):
+            _ = ds.t2m.isel(time=305).values  # prefetched: an exception, not SIGBUS at the first touch
+        assert_same_array(ds.t2m.isel(time=slice(0, 100)).values, DATASET.t2m.values[:100])
+        whole = ds.t2m.values  # the whole array: a lazy view, nothing fetched (units load on touch)
+        assert_same_array(whole[200:250], DATASET.t2m.values[200:250])
 
 
 def test_a_float_variable_with_a_nan_fill_value_is_the_lazy_memory_itself(tmp_path: Path) -> None:
@@ -235,7 +263,8 @@ def test_chunks_give_dask_variables_that_fetch_only_their_blocks(tmp_path: Path,
             xr.open_dataset(url, engine="zarr", consolidated=False) as want:
         assert ds.t2m.chunks is not None and ds.packed.chunks is not None
         if chunks == {}:
-            assert ds.t2m.chunks == ((10,) * (T // 10), (15, 15), (40,))  # the zarr chunks
+            # blocks of 4 units of 64 KiB (55 steps of 4,800 B) in whole chunk rows (10 steps)
+            assert ds.t2m.chunks == ((60,) * 6 + (40,), (Y,), (X,))
         store = _store(ds)
         assert store._arrays == {}  # building the graph opened (and hashed) nothing
         first = ds.t2m.isel(time=0).values

@@ -39,6 +39,7 @@ from xarray.backends.store import StoreBackendEntrypoint
 from xarray.core import indexing
 from xarray.core.variable import Variable
 
+from ..config import parse_size
 from ..errors import ArrayNotFoundError, FormatError, LazymemError
 
 HIDDEN_ATTRS = frozenset({
@@ -49,9 +50,13 @@ HIDDEN_ATTRS = frozenset({
 })
 """Attributes that describe the storage layout, not the data: never shown as attributes."""
 
-DEFAULT_BAND_BYTES = 16 << 20
-"""Preferred dask block of an array whose format names no chunk grid: bands of whole rows of about
-this size (what a zarr source's install unit is at most)."""
+UNITS_PER_BLOCK = 4
+"""dask blocks (``chunks={}``) span at least this many install units: two blocks that share a unit
+both fetch it when two worker processes run them, so a block of 4 units costs at most 5 (1.25x)."""
+
+MAX_UNIT_BYTES = 16 << 20
+"""The largest install unit a chunked source (zarr, HDF5) chooses by itself: without opening the
+array (``chunk_bytes`` not given), blocks are sized for units this large."""
 
 
 @dataclass
@@ -74,7 +79,14 @@ class _VariableSpec:
 
 class LazymemBackendArray(BackendArray):
     """One variable of a :class:`LazymemStore`: opens its LazyArray on first indexing and answers
-    every xarray indexer with numpy indexing of that array (views for basic keys)."""
+    every xarray indexer with numpy indexing of that array.
+
+    The whole array comes back as the LazyArray itself (``.values``: nothing fetched). A part of it
+    (a selection, a dask block) is prefetched first, as xarray's own engines read a selection when
+    it is asked for: its units load concurrently, a failure is an exception here (not SIGBUS at
+    the first touch, which would cost a dask worker), and the reads fault nothing, so no readahead
+    runs past the selection into what other tasks will read. Basic selections are views.
+    """
 
     __slots__ = ("_name", "_store", "dtype", "shape")
 
@@ -85,7 +97,9 @@ class LazymemBackendArray(BackendArray):
         self.dtype = dtype
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> Any:
-        adapter = indexing.NumpyIndexingAdapter(self._store.array(self._name))
+        array = self._store.array(self._name)
+        _prefetch_part(array, key)
+        adapter = indexing.NumpyIndexingAdapter(array)
         if isinstance(key, indexing.OuterIndexer):
             return adapter.oindex[key]
         if isinstance(key, indexing.VectorizedIndexer):
@@ -94,6 +108,23 @@ class LazymemBackendArray(BackendArray):
 
     def __repr__(self) -> str:
         return f"<LazymemBackendArray {self._name!r} of {self._store.url!r} shape={self.shape} dtype={self.dtype}>"
+
+
+def _prefetch_part(array: np.ndarray, key: indexing.ExplicitIndexer) -> None:
+    """Prefetch what ``key`` selects of ``array``, unless it selects all of it."""
+    from ..array import LazyArray
+
+    if not isinstance(array, LazyArray) or array._lazy is None:  # a mapped .npy (the kernel's), or empty
+        return
+    items = key.tuple
+    if all(isinstance(k, slice) and k.indices(n) == (0, n, 1) for k, n in zip(items, array.shape)):
+        return
+    if isinstance(key, indexing.OuterIndexer):
+        to_numpy = getattr(indexing, "_outer_to_numpy_indexer", None)
+        if to_numpy is None:  # an xarray without it: the reads fault the units in instead
+            return
+        items = to_numpy(key, array.shape)
+    array.prefetch(tuple(items))
 
 
 class LazymemStore(AbstractDataStore):
@@ -108,7 +139,9 @@ class LazymemStore(AbstractDataStore):
         self.storage_options = storage_options
         self.open_options = dict(open_options or {})
         self._drop = frozenset(drop_variables)
-        self._specs, self._attrs, self._zarr_nodes = _read_metadata(self.url, group, storage_options)
+        chunk_bytes = self.open_options.get("chunk_bytes")
+        unit_bytes = parse_size(chunk_bytes) if isinstance(chunk_bytes, str) else chunk_bytes
+        self._specs, self._attrs, self._zarr_nodes = _read_metadata(self.url, group, storage_options, unit_bytes)
         self._lock = threading.Lock()
         self._arrays: dict[str, np.ndarray] = {}
 
@@ -185,7 +218,7 @@ class LazymemStore(AbstractDataStore):
 
 
 # --- metadata ---------------------------------------------------------------------------------------
-def _read_metadata(url: str, group: str | None, storage_options: dict[str, Any] | None
+def _read_metadata(url: str, group: str | None, storage_options: dict[str, Any] | None, unit_bytes: int | None
                    ) -> tuple[dict[str, _VariableSpec], dict[str, Any], dict[str, Any]]:
     """The variables (by name) of ``group`` at ``url``, the group's attributes, and the zarr array
     nodes of a zarr store by variable name (empty for other formats)."""
@@ -199,14 +232,14 @@ def _read_metadata(url: str, group: str | None, storage_options: dict[str, Any] 
         if nodes is not None:
             arrays, attrs = nodes
             infos = {path: (_zarr_info(node), node) for path, node in arrays.items()}
-            return _group_specs(url, group, infos, attrs)
+            return _group_specs(url, group, infos, attrs, unit_bytes)
     try:
         listing = open_group(url, storage_options=storage_options)
     except (ArrayNotFoundError, FormatError) as listing_error:
         if group:
             raise
         try:
-            specs, nodes_by_name = _single_array(url, storage_options)
+            specs, nodes_by_name = _single_array(url, storage_options, unit_bytes)
         except LazymemError as exc:
             raise exc from listing_error
         return specs, {}, nodes_by_name
@@ -215,11 +248,11 @@ def _read_metadata(url: str, group: str | None, storage_options: dict[str, Any] 
         found = _zarr_arrays(url, storage_options)
         zarr_nodes = found[0] if found is not None else {}
     infos = {path: (info, zarr_nodes.get(path)) for path, info in listing.arrays.items()}
-    return _group_specs(url, group, infos, listing.attrs)
+    return _group_specs(url, group, infos, listing.attrs, unit_bytes)
 
 
-def _group_specs(url: str, group: str | None, infos: dict[str, tuple[Any, Any]], attrs: dict[str, Any]
-                 ) -> tuple[dict[str, _VariableSpec], dict[str, Any], dict[str, Any]]:
+def _group_specs(url: str, group: str | None, infos: dict[str, tuple[Any, Any]], attrs: dict[str, Any],
+                 unit_bytes: int | None) -> tuple[dict[str, _VariableSpec], dict[str, Any], dict[str, Any]]:
     """The variables of ``group`` from each array's ``(ArrayInfo, zarr node or None)`` by path."""
     prefix = (group or "").strip("/")
     specs: dict[str, _VariableSpec] = {}
@@ -229,7 +262,7 @@ def _group_specs(url: str, group: str | None, infos: dict[str, tuple[Any, Any]],
         if parent != prefix:
             continue
         specs[name] = _spec(name, path, info.shape, info.dtype, info.attrs, info.dimension_names,
-                            getattr(info, "chunks", None), node)
+                            getattr(info, "chunks", None), node, unit_bytes=unit_bytes)
         if node is not None:
             nodes[name] = node
     if not specs and prefix and not any(p.startswith(prefix + "/") for p in infos):
@@ -238,7 +271,7 @@ def _group_specs(url: str, group: str | None, infos: dict[str, tuple[Any, Any]],
     return specs, {k: v for k, v in _xarray_attrs(attrs).items() if not k.lower().startswith("_nc")}, nodes
 
 
-def _single_array(url: str, storage_options: dict[str, Any] | None
+def _single_array(url: str, storage_options: dict[str, Any] | None, unit_bytes: int | None
                   ) -> tuple[dict[str, _VariableSpec], dict[str, Any]]:
     """A URL naming one array (``.npy.zst``, a zarr array): one variable named after it."""
     from ..sources.formats import open_array_source, split_store_url
@@ -247,11 +280,12 @@ def _single_array(url: str, storage_options: dict[str, Any] | None
     _, path = split_store_url(url, None)
     base = (path or url.rstrip("/")).rsplit("/", 1)[-1]
     name = _stem(base) or "data"
-    chunks = tuple(source.storage_chunks)
-    if len(chunks) != len(source.shape):  # a flat source's frames: bands of about one install unit
-        chunks = _band_chunks(source.shape, source.dtype, source.order, source.default_unit_bytes())
+    chunks: tuple[int, ...] | None = tuple(source.storage_chunks)
+    if chunks is not None and len(chunks) != len(source.shape):  # a flat source's frames: no N-d grid
+        chunks = None
     node = getattr(source, "array", None)  # a zarr array's node
-    spec = _spec(name, None, tuple(source.shape), source.dtype, source.attrs, source.dimension_names, chunks, node)
+    spec = _spec(name, None, tuple(source.shape), source.dtype, source.attrs, source.dimension_names, chunks, node,
+                 order=source.order, unit_bytes=unit_bytes or source.default_unit_bytes())
     _name_missing_dimensions({name: spec})
     return {name: spec}, ({name: node} if node is not None else {})
 
@@ -286,7 +320,8 @@ def _zarr_info(node: Any) -> Any:
 
 
 def _spec(name: str, path: str | None, shape: tuple[int, ...], dtype: Any, attrs: dict[str, Any],
-          dims: tuple[str, ...] | None, chunks: tuple[int, ...] | None, zarr_node: Any) -> _VariableSpec:
+          dims: tuple[str, ...] | None, chunks: tuple[int, ...] | None, zarr_node: Any, *, order: str = "C",
+          unit_bytes: int | None = None) -> _VariableSpec:
     dtype = np.dtype(dtype)
     unreadable = None
     if dtype.hasobject or dtype.kind not in "biufcmMSUV":
@@ -295,10 +330,10 @@ def _spec(name: str, path: str | None, shape: tuple[int, ...], dtype: Any, attrs
     encoding: dict[str, Any] = {"dtype": dtype}
     if zarr_node is not None:
         chunks = _zarr_conventions(zarr_node, dtype, attrs, encoding)
-    if chunks is None and shape:
-        chunks = _band_chunks(shape, dtype, "C", DEFAULT_BAND_BYTES)
+        order = "F" if getattr(zarr_node.metadata, "order", "C") == "F" else "C"
+    blocks = _dask_blocks(shape, dtype, order, chunks, unit_bytes) if shape else None
     return _VariableSpec(name, path, shape, dtype, tuple(dims) if dims is not None else None, attrs, encoding,
-                         chunks, unreadable)
+                         blocks, unreadable)
 
 
 def _xarray_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -337,14 +372,23 @@ def _zarr_conventions(node: Any, dtype: np.dtype[Any], attrs: dict[str, Any], en
     return tuple(int(s) for s in shards) if shards else chunks
 
 
-def _band_chunks(shape: tuple[int, ...], dtype: np.dtype[Any], order: str, band_bytes: int) -> tuple[int, ...]:
-    """Blocks of whole rows (of the outermost axis in memory order) of about ``band_bytes``: each
-    block a contiguous run of the array's image, as install units are."""
-    if not shape:
-        return ()
+def _dask_blocks(shape: tuple[int, ...], dtype: np.dtype[Any], order: str, chunks: tuple[int, ...] | None,
+                 unit_bytes: int | None) -> tuple[int, ...] | None:
+    """dask blocks for ``chunks={}``: bands of whole rows of the outermost axis in memory order (each
+    block a contiguous run of the image, as install units are), whole rows of stored chunks where
+    the format has a chunk grid, of at least :data:`UNITS_PER_BLOCK` install units.
+
+    Blocks as small as the stored chunks (what xarray's zarr engine prefers) would make every
+    worker that runs one of a unit's blocks fetch that whole unit."""
+    if 0 in shape:
+        return None
     axis = 0 if order == "C" else len(shape) - 1
     row = dtype.itemsize * int(np.prod([n for i, n in enumerate(shape) if i != axis], dtype=np.int64))
-    rows = max(1, min(shape[axis], band_bytes // max(row, 1)))
+    step = int(chunks[axis]) if chunks is not None and len(chunks) == len(shape) and chunks[axis] > 0 else 1
+    if unit_bytes is None:  # a chunked source's own choice, known only once opened: the largest
+        unit_bytes = MAX_UNIT_BYTES
+    rows = -(-UNITS_PER_BLOCK * unit_bytes // max(row, 1))
+    rows = min(shape[axis], max(step, -(-rows // step) * step))
     return tuple(rows if i == axis else n for i, n in enumerate(shape))
 
 
