@@ -305,7 +305,9 @@ def test_close_frees_the_memory_and_the_dataset_stays_usable(tmp_path: Path) -> 
     assert_same_array(ds.elevation.values, DATASET.elevation.values)  # opens anew after close
     loaded = xr.load_dataset(url, engine=ENGINE)  # open, load, close: the values outlive the close
     assert_same_array(loaded.t2m.values, DATASET.t2m.values)
-    del ds, values, lazy, loaded, store
+    with xr.open_dataset(url, engine=ENGINE) as again:
+        again.t2m.data.close()  # the array closed by hand first: closing the dataset still works
+    del ds, values, lazy, loaded, store, again
     gc.collect()
     assert len(live_regions()) == before  # every mapping went with its last view
 

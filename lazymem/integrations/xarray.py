@@ -1,12 +1,14 @@
 """xarray backend: ``xr.open_dataset(url, engine="lazymem")`` for every group lazymem lists (zarr
 v2/v3, HDF5/NetCDF) and every single array it opens (``.npy.zst``, a zarr array).
 
-What opening costs: the group's metadata (:func:`lazymem.open_group`; for zarr also the arrays'
-fill values and chunk grids, which the listing does not give) and the dimension coordinates, read
-eagerly (xarray builds an index from each at once: a lazy mapping there would only add a monitor
-round trip). No other array is opened: each data variable is a :class:`LazymemBackendArray` that
-calls :func:`lazymem.open` the first time xarray indexes it, and returns views of that
-:class:`~lazymem.LazyArray`, so a selection faults in only the install units under it.
+What opening costs: the group's metadata and the dimension coordinates, read eagerly (xarray
+builds an index from each at once: a lazy mapping there would only add a monitor round trip). The
+metadata comes from :func:`lazymem.open_group`, whatever the format; a URL that names a zarr store
+(``.zarr``, a local directory) is read once with zarr-python instead, since xarray's zarr
+conventions need what the listing does not carry (fill values, chunk grids, the zarr format). No
+other array is opened: each data variable is a :class:`LazymemBackendArray` that calls
+:func:`lazymem.open` the first time xarray indexes it and answers with that
+:class:`~lazymem.LazyArray` (the whole of it), or a prefetched selection of it.
 
 CF decoding is xarray's own (``StoreBackendEntrypoint``, ``xarray.conventions``), fed the
 attributes xarray's own engines would feed it (zarr: the array's ``fill_value`` as ``_FillValue``
@@ -40,7 +42,7 @@ from xarray.core import indexing
 from xarray.core.variable import Variable
 
 from ..config import parse_size
-from ..errors import ArrayNotFoundError, FormatError, LazymemError
+from ..errors import ArrayNotFoundError, ClosedArrayError, FormatError, LazymemError
 
 HIDDEN_ATTRS = frozenset({
     "_ARRAY_DIMENSIONS",  # zarr v2: the dimension names, xarray's convention
@@ -202,8 +204,12 @@ class LazymemStore(AbstractDataStore):
             arrays, self._arrays = list(self._arrays.values()), {}
         for array in arrays:
             evict = getattr(array, "evict", None)
-            if evict is not None and getattr(array, "_lazy", True) is not None:  # an empty array has none
+            if evict is None or getattr(array, "_lazy", True) is None:  # an empty array: no memory
+                continue
+            try:
                 evict()
+            except ClosedArrayError:  # the user closed it (LazyArray.close): released already
+                pass
 
     def __getstate__(self) -> dict[str, Any]:
         # Sent to dask workers by reference: each process opens the arrays it indexes itself.
