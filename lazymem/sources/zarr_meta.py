@@ -180,6 +180,9 @@ def check_array_metadata(doc: Any, where: str = "zarr array") -> None:
     if not isinstance(doc, dict):
         raise FormatError(f"{where}: array metadata must be a JSON object (got {type(doc).__name__})")
     zarr_format = doc.get("zarr_format")
+    if zarr_format in (2, 3):  # codecs first: a denied one is the clearer message
+        for name in codec_names(doc, where):
+            _refuse(name, where, zarr_format)
     if zarr_format == 2:
         dtype = doc.get("dtype")
         if isinstance(dtype, str) and dtype.lstrip("<>|=").startswith("O"):
@@ -193,8 +196,6 @@ def check_array_metadata(doc: Any, where: str = "zarr array") -> None:
             raise UnsupportedDtypeError(f"{where}: data type {name!r} holds Python objects, not fixed-size data")
     else:
         raise FormatError(f"{where}: zarr_format must be 2 or 3 (got {zarr_format!r:.40})")
-    for name in codec_names(doc, where):
-        _refuse(name, where, zarr_format)
 
 
 def consolidated_arrays(doc: Any, zarr_format: int) -> dict[str, dict[str, Any]] | None:
