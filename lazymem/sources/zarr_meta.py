@@ -165,6 +165,16 @@ def codec_names(doc: dict[str, Any], where: str = "zarr array") -> list[str]:
     return list(_v3_codecs(doc.get("codecs", []), where))
 
 
+def _v2_holds_objects(dtype: Any, depth: int = 0) -> bool:
+    """A v2 dtype (``"|O"``, or a structured ``[[name, type, shape?], ...]``) with an object field."""
+    if isinstance(dtype, str):
+        return dtype.lstrip("<>|=").startswith("O")
+    if isinstance(dtype, list) and depth < 8:
+        return any(isinstance(field, list) and len(field) >= 2 and _v2_holds_objects(field[1], depth + 1)
+                   for field in dtype)
+    return False
+
+
 def check_array_metadata(doc: Any, where: str = "zarr array") -> None:
     """Refuse an array document zarr-python must not parse (see the module's docstring).
 
@@ -181,11 +191,11 @@ def check_array_metadata(doc: Any, where: str = "zarr array") -> None:
         raise FormatError(f"{where}: array metadata must be a JSON object (got {type(doc).__name__})")
     zarr_format = doc.get("zarr_format")
     if zarr_format in (2, 3):  # codecs first: a denied one is the clearer message
-        for name in codec_names(doc, where):
-            _refuse(name, where, zarr_format)
+        for codec in codec_names(doc, where):
+            _refuse(codec, where, zarr_format)
     if zarr_format == 2:
         dtype = doc.get("dtype")
-        if isinstance(dtype, str) and dtype.lstrip("<>|=").startswith("O"):
+        if _v2_holds_objects(dtype):
             raise UnsupportedDtypeError(f"{where}: dtype {dtype!r} holds Python objects, not fixed-size data")
     elif zarr_format == 3:
         if doc.get("node_type") != "array":
@@ -242,14 +252,28 @@ class _Node:
     zarr_format: int | None
 
 
-async def _read_node(store_path: Any, where: str, *, group_too: bool = False) -> _Node:
-    import asyncio
+async def _get(store_path: Any) -> Any:
+    """The object at ``store_path`` (a zarr Buffer), or None if there is none.
 
+    Asked as the range ``bytes=0-``: a whole-object read through s3fs first asks the size (a
+    HEAD), and a missing object then costs a LIST as well; a range read is one GET either way."""
+    from zarr.abc.store import OffsetByteRequest
     from zarr.core.buffer import default_buffer_prototype
 
     proto = default_buffer_prototype()
+    try:
+        return await store_path.get(prototype=proto, byte_range=OffsetByteRequest(0))
+    except FileNotFoundError:
+        return None
+    except OSError:  # an empty object has no byte 0 (HTTP 416): read it whole
+        return await store_path.get(prototype=proto)
+
+
+async def _read_node(store_path: Any, where: str, *, group_too: bool = False) -> _Node:
+    import asyncio
+
     keys = [ZARR_JSON, ZARRAY, ZATTRS] + ([ZGROUP] if group_too else [])
-    raws = await asyncio.gather(*((store_path / key).get(prototype=proto) for key in keys))
+    raws = await asyncio.gather(*(_get(store_path / key) for key in keys))
     docs = [_json(raw, f"{where}/{key}") for raw, key in zip(raws, keys)]
     v3, zarray, zattrs = docs[:3]
     if v3 is not None:
@@ -274,12 +298,10 @@ async def _walk(store_path: Any, where: str, prefix: str, zarr_format: int, dept
     would: the consolidated metadata if the group has it, else a listing per group."""
     import asyncio
 
-    from zarr.core.buffer import default_buffer_prototype
-
     here = store_path / prefix if prefix else store_path
     if depth == 0:
         key = ZARR_JSON if zarr_format == 3 else ZMETADATA
-        root_doc = _json(await (here / key).get(prototype=default_buffer_prototype()), f"{where}/{key}")
+        root_doc = _json(await _get(here / key), f"{where}/{key}")
         consolidated = consolidated_arrays(root_doc, zarr_format)
         if consolidated is not None:
             if zarr_format == 2:  # v2 keeps attributes beside each .zarray: merge them as zarr does
