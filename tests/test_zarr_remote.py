@@ -122,3 +122,19 @@ def test_missing_chunks_over_s3_cost_no_data_fetch(s3_store) -> None:
     # a missing chunk costs at most a failed GET (404): never data
     assert len(gets) <= 1, gets
     assert_same_array(np.array(a), zarr.open_array(store, path="x", mode="r")[...])
+
+
+def test_describe_on_s3_counts_the_chunks_with_a_listing(s3_store) -> None:
+    from lazymem.sources.formats import open_array_source
+
+    options = s3_store.storage_options
+    store = _s3_mapper(s3_store, "test/d.zarr")
+    group = zarr.open_group(store, mode="a")
+    z = group.create_array("x", shape=(64, 100), dtype="<i4", chunks=(16, 50))
+    z[:32] = 5  # 4 of 8 chunks
+    source = open_array_source("s3://test/d.zarr", "x", options)
+    s3_store.control(reset=1)
+    facts = source.describe()
+    assert facts["chunks_total"] == 8 and facts["chunks_present"] == 4 and facts["stored_bytes"] > 0
+    lists = [r for r in s3_store.control()["requests"] if "list-type=2" in r[1]]
+    assert 1 <= len(lists) <= 2, lists  # a listing, not a request per chunk

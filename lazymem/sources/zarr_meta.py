@@ -432,14 +432,13 @@ def _stored_objects(source: Any) -> tuple[int, int] | None:
     store = array.store_path.store
     prefix = array.store_path.path
     fs = getattr(store, "fs", None)
-    if fs is None:  # a LocalStore: list it through fsspec's local filesystem
-        fs = fsspec.filesystem("file")
-        base = str(getattr(store, "root", ""))
-    else:
-        base = str(getattr(store, "path", ""))
+    base = str(getattr(store, "path", "") if fs is not None else getattr(store, "root", ""))
     root = "/".join(p for p in (base.rstrip("/"), prefix.strip("/")) if p)
     try:
-        found = fs.find(root, detail=True)
+        if fs is None:  # a LocalStore: list it through fsspec's local filesystem
+            found = fsspec.filesystem("file").find(root, detail=True)
+        else:  # zarr's fsspec filesystems are asynchronous, on zarr's event loop
+            found = _sync(fs._find(root, detail=True))
     except (OSError, NotImplementedError, ValueError):
         return None
     if not found and root.startswith(("http://", "https://")):
@@ -471,16 +470,27 @@ def describe_array(source: Any, *, list_store: bool = True) -> dict[str, Any]:
         "chunks": list(chunks),
         "chunk_grid": _grid(shape, chunks),
     }
+    codecs: list[Any] = doc.get("codecs") or [] if doc.get("zarr_format") == 3 else []
+    first = codecs[0] if codecs else None
+    sharding = first if isinstance(first, dict) and first.get("name") == "sharding_indexed" else None
     if shards:
         facts["shards"] = list(stored_shape)
         facts["shard_grid"] = _grid(shape, stored_shape)
-    facts["codecs"] = codec_names(doc, source.url)
+    if sharding is not None:
+        config = sharding.get("configuration") or {}
+        facts["codecs"] = ["sharding_indexed", *codec_names({"codecs": codecs[1:]}, source.url)]
+        facts["shard_codecs"] = list(_v3_codecs(config.get("codecs", []), source.url))
+        facts["shard_index"] = {"location": config.get("index_location", "end"),
+                                "codecs": list(_v3_codecs(config.get("index_codecs", []), source.url))}
+    else:
+        facts["codecs"] = codec_names(doc, source.url)
     facts["fill_value"] = doc.get("fill_value")
     facts["nbytes"] = source.nbytes
-    facts["objects_expected"] = int(_prod(_grid(shape, stored_shape)))
+    unit = "shards" if shards else "chunks"  # the objects a store holds: a shard holds many chunks
+    facts[f"{unit}_total"] = int(_prod(_grid(shape, stored_shape)))
     if list_store:
         listed = _stored_objects(source)
-        facts["objects_present"] = None if listed is None else listed[0]
+        facts[f"{unit}_present"] = None if listed is None else listed[0]
         facts["stored_bytes"] = None if listed is None else listed[1]
         facts["listing"] = ("one store listing (S3: a LIST request per 1,000 objects)" if listed is not None
                             else "the store cannot list (plain HTTP): objects present and stored bytes unknown")
