@@ -138,3 +138,15 @@ def test_describe_on_s3_counts_the_chunks_with_a_listing(s3_store) -> None:
     assert facts["chunks_total"] == 8 and facts["chunks_present"] == 4 and facts["stored_bytes"] > 0
     lists = [r for r in s3_store.control()["requests"] if "list-type=2" in r[1]]
     assert 1 <= len(lists) <= 2, lists  # a listing, not a request per chunk
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_open_without_the_suffix_over_http_stays_within_4_requests(http_store, zarr_format: int) -> None:
+    """Detection from content: the URL is read as a file first (one failed GET), then as a store."""
+    z = zarr.create_array(store=str(http_store.dir / "plain"), shape=FIELD.shape, dtype=FIELD.dtype,
+                          chunks=(16, 40, 20), zarr_format=zarr_format)
+    z[...] = FIELD
+    http_store.server.control(reset=1)
+    a = lazymem.open(f"{http_store.url}/plain")
+    assert len(_requests(http_store.server)) <= OPEN_BUDGET, _requests(http_store.server)
+    assert_same_array(np.array(a), FIELD)
