@@ -242,6 +242,9 @@ def test_a_wrong_path_lists_the_arrays_there_are(tmp_path: Path) -> None:
         lazymem.load(str(tmp_path / "g.zarr"), path="sub/nope")
     with pytest.raises(ArrayNotFoundError, match="no zarr"):
         lazymem.open(str(tmp_path / "nothing.zarr"), path="x")
+    for outside in ("../g.zarr/t2m", "sub/../t2m", "./t2m"):  # never a path outside the store
+        with pytest.raises(ArrayNotFoundError):
+            lazymem.open(str(tmp_path / "g.zarr"), path=outside)
 
 
 @pytest.mark.parametrize("document", ["zarr.json", ".zarray"])

@@ -388,9 +388,13 @@ def open_checked_array(url: str, path: str | None, storage_options: dict[str, An
 
     root = _store_path(url, storage_options)
     where = f"{url} (array {path})" if path else url
+    try:
+        target = root / path if path else root
+    except ValueError as exc:  # zarr refuses "." and ".." segments: nothing outside the store is named
+        raise ArrayNotFoundError(f"{url}: no zarr array at path {path!r} ({exc})") from exc
     doc = known
     if doc is None:
-        node = _sync(_read_node(root / path if path else root, where))
+        node = _sync(_read_node(target, where))
         if node.kind != "array":
             arrays = _group_arrays(root, url)
             if arrays is None:
