@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArrayNotFoundError, FormatError, LazymemError
+from . import zarr_meta
 from .base import PAGE_SIZE, Order, Source, SourceHints, UnitGrid, UnitRead, Urgent, unit_target
 from .boxes import box_shape, flat_run_boxes
 
@@ -61,6 +62,7 @@ def list_zarr(url: str, storage_options: dict[str, Any] | None = None) -> Any:
     from .formats import ArrayInfo, Listing
 
     zarr = _zarr()
+    zarr_meta.check_group(url, storage_options)  # before zarr parses (and instantiates) any codec
     try:
         group = zarr.open_group(store=url, mode="r", **_store_options(url, storage_options))
         arrays = {name: ArrayInfo(tuple(int(n) for n in node.shape), np.dtype(node.dtype), dict(node.attrs),
@@ -83,25 +85,9 @@ class ZarrSource(Source):
         self._open()
 
     def _open(self) -> None:
-        zarr = _zarr()
-        kwargs: dict[str, Any] = {"mode": "r"}
-        if self.path:
-            kwargs["path"] = self.path
-        if self.storage_options and "://" in self.url:
-            kwargs["storage_options"] = self.storage_options
-        try:
-            try:
-                self.array = zarr.open_array(store=self.url, **kwargs)
-            except ValueError:
-                if self.path:
-                    raise
-                self.path = self._only_array(zarr)  # a group: its one array, or an error naming them
-                self.array = zarr.open_array(store=self.url, **kwargs, path=self.path)
-        except FileNotFoundError as exc:
-            where = f" at {self.path}" if self.path else ""
-            raise ArrayNotFoundError(f"{self.url}: no zarr array{where} ({exc})") from exc
-        except (ValueError, TypeError, KeyError) as exc:  # zarr's own metadata errors derive from these
-            raise FormatError(f"{self.url}: not a readable zarr array ({type(exc).__name__}: {exc})") from exc
+        # zarr_meta: raw metadata checked before zarr parses it (no codec instantiated unchecked).
+        self.path, self.array, self._zarr_doc = zarr_meta.open_checked_array(
+            self.url, self.path, self.storage_options, getattr(self, "_zarr_doc", None))
         dtype = np.dtype(self.array.dtype)
         if dtype.hasobject:
             raise FormatError(f"{self.url}: zarr dtype {dtype} holds Python objects, not fixed-size data")
@@ -129,7 +115,8 @@ class ZarrSource(Source):
 
     def __getstate__(self) -> dict[str, Any]:
         # Reopened in the other process: zarr arrays hold event loops and stores that need not pickle.
-        return {"url": self.url, "path": self.path, "storage_options": self.storage_options}
+        return {"url": self.url, "path": self.path, "storage_options": self.storage_options,
+                "_zarr_doc": self._zarr_doc}  # checked again, not fetched again (zarr_meta)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -213,3 +200,6 @@ class ZarrSource(Source):
         if out.shape != self.shape or out.dtype != self.dtype:
             raise ValueError(f"out must have shape {self.shape} and dtype {self.dtype} (got {out.shape}, {out.dtype})")
         self.array.get_basic_selection(..., out=NDBuffer.from_numpy_array(out))
+
+    def describe(self) -> dict[str, Any]:
+        return zarr_meta.describe_array(self)
