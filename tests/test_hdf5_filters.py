@@ -43,7 +43,8 @@ def datasets(draw: st.DrawFn) -> tuple[np.ndarray, tuple[int, ...], str, np.ndar
     seed = draw(st.integers(0, 2**16))
     rng = np.random.default_rng(seed)
     # Smooth data (compressible, like a field) or noise (incompressible: filters may be skipped).
-    values = np.cumsum(rng.standard_normal(shape), axis=-1) * 10 if draw(st.booleans()) else rng.standard_normal(shape) * 1e3
+    smooth = draw(st.booleans())
+    values = np.cumsum(rng.standard_normal(shape), axis=-1) * 10 if smooth else rng.standard_normal(shape) * 1e3
     data = values.astype(dtype) if dtype.kind != "u" else np.abs(values).astype(dtype)
     written = rng.random(shape) < draw(st.sampled_from([0.0, 0.3, 1.0]))  # where elements are written
     return data, chunks, draw(st.sampled_from(sorted(PIPELINES))), written

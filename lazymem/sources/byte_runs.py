@@ -171,8 +171,8 @@ class ByteRunsSource(Source):
                     done += got
             return
         blobs = self.storage.read_ranges([(s, s + n) for s, _, n in pieces], max_gap=MAX_GAP)
-        for (_, image, length), blob in zip(pieces, blobs):
-            view[image - start : image - start + length] = blob
+        for (_, image, length), piece in zip(pieces, blobs):
+            view[image - start : image - start + length] = piece
 
     def read_unit(self, grid: UnitGrid, unit: int, out: memoryview, *, urgent: Urgent | None = None,
                   on_urgent: Callable[[int, int], None] | None = None) -> UnitRead:

@@ -237,7 +237,7 @@ def open_hdf5(storage: StoredObject, url: str, path: str | None, storage_options
         plist = dataset.id.get_create_plist()
         layout = plist.get_layout()
         details: dict[str, Any] = {"format": "hdf5", "path": info.path}
-        common = {"attrs": info.attrs, "dimension_names": info.dimension_names}
+        common: dict[str, Any] = {"attrs": info.attrs, "dimension_names": info.dimension_names}
         if plist.get_external_count():
             raise FormatError(f"{url}: dataset {info.path} keeps its data in external files: not supported")
         if layout == h5py.h5d.COMPACT or (shape == () and layout != h5py.h5d.CHUNKED):

@@ -10,10 +10,7 @@ from typing import Any
 import numpy as np
 
 from .base import Order, SourceHints
-try:
-    from .chunk_grid import ChunkGridSource, ChunkRead
-except ImportError:  # until issue 16's base class is merged
-    from ._chunk_grid_stub import ChunkGridSource, ChunkRead  # type: ignore[assignment]
+from .chunk_grid import ChunkGridSource, ChunkRead
 from .hdf5 import DatasetInfo
 from .hdf5_index import ChunkFetcher
 
@@ -25,7 +22,7 @@ class Hdf5ChunkedSource(ChunkGridSource):
         self.fetcher = fetcher
         self.info = info
         self.url = fetcher.url
-        self._fill = np.frombuffer(fill, dtype=info.dtype)[0]
+        self._fill_value = np.frombuffer(fill, dtype=info.dtype)[0]
 
     def __repr__(self) -> str:
         return (f"<Hdf5ChunkedSource {self.url!r} path={self.info.path!r} shape={self.shape} dtype={self.dtype} "
@@ -65,7 +62,7 @@ class Hdf5ChunkedSource(ChunkGridSource):
 
     @property
     def fill_value(self) -> Any:
-        return self._fill
+        return self._fill_value
 
     def chunk_present(self, coords: tuple[int, ...]) -> bool | None:
         return self.fetcher.present(tuple(coords))
@@ -80,8 +77,14 @@ class Hdf5ChunkedSource(ChunkGridSource):
         info.update({
             "format": "hdf5", "path": self.info.path, "layout": "chunked",
             "filters": [f.label() for f in self.fetcher.filters],
-            "fill_value": self._fill.item() if hasattr(self._fill, "item") else repr(self._fill),
+            "fill_value": _jsonable(self._fill_value),
             "stored_bytes": index.stored_bytes, "decoded_bytes": self.nbytes,
             "chunks_allocated": index.allocated, "chunks_total": int(index.offsets.size),
         })
         return info
+
+
+def _jsonable(value: Any) -> Any:
+    """A fill value as ``lazymem info`` can print it (JSON): a number, else its repr."""
+    item = value.item() if hasattr(value, "item") else value
+    return item if isinstance(item, bool | int | float) else repr(item)
