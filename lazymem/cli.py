@@ -62,9 +62,15 @@ def _options(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .sources import open_source
+    from .sources.flat import FlatSource
+    from .sources.formats import open_array_source
 
-    reader = open_source(args.url, _options(args))
+    source = open_array_source(args.url, args.path, _options(args))
+    if not isinstance(source, FlatSource):  # zarr, HDF5, NetCDF: what the source says of itself
+        for key, value in source.describe().items():
+            print(f"{key:<17} {json.dumps(value) if isinstance(value, list | dict) else value}")
+        return 0
+    reader = source.reader
     h = reader.header
     table = reader.table
     print(f"url           {args.url}")
@@ -102,7 +108,7 @@ def _convert(args: argparse.Namespace) -> int:
     else:
         from .eager import load
 
-        source = load(args.src, storage_options=options)
+        source = load(args.src, path=args.path, storage_options=options)
     save(args.dst, source, chunk_bytes=args.chunk_bytes, frame_bytes=args.frame_bytes, level=args.level,
          storage_options=options)
     print(f"wrote {args.dst}")
@@ -166,11 +172,13 @@ def _parser() -> argparse.ArgumentParser:
                        description="Describe an array (shape, dtype, frames, sizes) reading only its header and seek "
                        "table.")
     p.add_argument("url", help="any fsspec URL: a path, s3://..., https://...")
+    p.add_argument("--path", default=None, help="the array inside a group or file (zarr, HDF5, NetCDF)")
     p.set_defaults(run=_info)
     p = sub.add_parser("convert", parents=[common], formatter_class=formatter, help="write SRC as a .npy.zst file",
                        description="Write SRC (a .npy, or anything lazymem reads) as a .npy.zst file, streaming "
                        "chunk by chunk. Sizes take bytes or units: 4MiB, 512KiB, 1GB.")
     p.add_argument("src", help="the array to read (a local .npy is streamed, anything else loaded)")
+    p.add_argument("--path", default=None, help="the array inside a group or file (zarr, HDF5, NetCDF)")
     p.add_argument("dst", help="where to write the .npy.zst (parent directories of a local path are created)")
     p.add_argument("--chunk-bytes", type=_size, default="4MiB",
                    help="bytes per chunk, the unit a lazy read fetches (a multiple of the page size)")

@@ -280,3 +280,17 @@ def test_describe_says_what_lazymem_info_prints(sample: str) -> None:
     assert d["chunks_allocated"] == d["chunks_total"] == 9 * 4
     c = open_array_source(sample, "contiguous").describe()
     assert c["layout"] == "contiguous" and c["stored_bytes"] == FIELD.nbytes and c["filters"] == []
+
+
+def test_cli_info_and_convert(sample: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lazymem.cli import main
+
+    assert main(["info", sample, "--path", "chunked"]) == 0
+    out = capsys.readouterr().out
+    assert "layout            chunked" in out and '["2 (shuffle)", "1 (deflate (gzip))"]' in out
+    assert "chunks_allocated  36" in out
+    dst = str(tmp_path / "c.npy.zst")
+    assert main(["convert", sample, dst, "--path", "chunked"]) == 0
+    assert_same_array(lazymem.load(dst), FIELD)
+    assert main(["info", sample, "--path", "nope"]) == 1
+    assert "no dataset at path 'nope'" in capsys.readouterr().err
