@@ -399,6 +399,15 @@ def open(
             # An uncompressed local .npy: the kernel's own page cache and mmap beat anything we could
             # do (no fault round trips, readahead for free). Same read-only ndarray contract.
             return map_npy(reader.path, url)  # type: ignore[return-value]
+    from .sources.byte_runs import ByteRunsSource
+
+    if isinstance(source, ByteRunsSource) and source.storage.is_local and source.count == 1 and source.nbytes:
+        # An uncompressed array in one range of a local file (contiguous HDF5, fixed NetCDF3): the
+        # kernel maps it, as a local .npy.
+        from .mapped import map_range
+
+        return map_range(source.storage.path, url, source.begin, source.shape, source.dtype,  # type: ignore[return-value]
+                         source.order, path)
     # From here on only the source interface: what the monitor serves is a Source.
     nbytes, shape, dtype, order = source.nbytes, source.shape, source.dtype, source.order
     if nbytes == 0:

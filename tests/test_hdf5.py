@@ -66,13 +66,28 @@ class TestChunkedSource(SourceTests):
         return open_array_source(sample, "chunked")
 
 
+def test_a_local_contiguous_dataset_is_mapped_by_the_kernel(sample: str) -> None:
+    from lazymem.mapped import MappedArray
+
+    a = lazymem.open(sample, path="contiguous")
+    assert isinstance(a, MappedArray) and a.dtype == np.dtype(">f4")
+    assert_same_array(a, FIELD)
+    assert a.prefetch() >= 0 and lazymem.stats(a).chunks_present == lazymem.stats(a).chunks_total
+    clone = pickle.loads(pickle.dumps(a[5:9]))  # by reference: the URL and the dataset's path travel
+    assert isinstance(clone, MappedArray) and np.array_equal(clone, FIELD[5:9])
+    a.close()
+    with pytest.raises(lazymem.ClosedArrayError):
+        a.prefetch()
+
+
 def test_contiguous_and_chunked_datasets_open_lazily_and_read_as_h5py(sample: str) -> None:
-    for path in ("contiguous", "chunked", "/chunked"):
+    for path in ("chunked", "/chunked"):
         a = lazymem.open(sample, path=path, readahead=0)
         assert isinstance(a, lazymem.LazyArray) and a.dtype == np.dtype(">f4")
         assert lazymem.stats(a).chunks_installed == 0  # nothing read at open
         assert a[33, 7, 5] == FIELD[33, 7, 5]
         assert_same_array(a, FIELD)
+    for path in ("contiguous", "chunked"):
         assert_same_array(lazymem.load(sample, path=path), FIELD)
     clone = pickle.loads(pickle.dumps(lazymem.open(sample, path="chunked")[3:9, 4]))
     assert_same_array(np.ascontiguousarray(clone), np.ascontiguousarray(FIELD[3:9, 4]))
