@@ -309,3 +309,14 @@ def test_cli_info_and_convert(sample: str, tmp_path: Path, capsys: pytest.Captur
     assert_same_array(lazymem.load(dst), FIELD)
     assert main(["info", sample, "--path", "nope"]) == 1
     assert "no dataset at path 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("user_block", [512, 4096, 131072])
+def test_a_file_with_a_user_block_is_recognised(tmp_path: Path, user_block: int) -> None:
+    path = tmp_path / "ub.h5"
+    with h5py.File(path, "w", userblock_size=user_block) as f:
+        f.create_dataset("x", data=FIELD[:5], chunks=(1, 50, 40), compression="gzip")
+    with open(path, "r+b") as f:
+        f.write(b"#!/bin/sh\necho not a signature\n")  # what user blocks hold: anything
+    assert_same_array(lazymem.open(str(path), path="x"), FIELD[:5])
+    assert sorted(lazymem.open_group(str(path))) == ["x"]

@@ -211,6 +211,29 @@ def _choose(f: Any, url: str, path: str | None) -> Any:
     return node
 
 
+USER_BLOCK_PROBE = 64 << 10
+"""First bytes read to look for a superblock after a user block (one request covers 512..32768)."""
+
+
+def has_user_block_signature(storage: StoredObject) -> bool:
+    """Whether the HDF5 signature sits at 512, 1024, 2048... (a user block before the superblock,
+    where HDF5 looks for it): asked only of files no format recognised from their first bytes.
+    Costs one request, plus one per power of two past 64 KiB (user blocks that big are rare)."""
+    from .formats import HDF5_SIGNATURE
+
+    first = storage.read(0, min(storage.size, USER_BLOCK_PROBE))
+    offset = 512
+    while offset + len(HDF5_SIGNATURE) <= storage.size:
+        if offset + len(HDF5_SIGNATURE) <= len(first):
+            found = first[offset : offset + len(HDF5_SIGNATURE)]
+        else:
+            found = storage.read(offset, offset + len(HDF5_SIGNATURE))
+        if found == HDF5_SIGNATURE:
+            return True
+        offset *= 2
+    return False
+
+
 def open_hdf5(storage: StoredObject, url: str, path: str | None, storage_options: dict[str, Any] | None) -> Source:
     """The source of dataset ``path`` of the HDF5 / NetCDF4 file in ``storage``.
 
