@@ -135,3 +135,21 @@ def test_bitunshuffle_inverts_the_bit_transpose() -> None:
     bits = np.unpackbits(data.view(np.uint8).reshape(64, 4), axis=1, bitorder="little")
     shuffled = np.packbits(bits.T, axis=1, bitorder="little").tobytes()
     assert bitunshuffle(shuffled, 4) == data.tobytes()
+
+
+@pytest.mark.parametrize("inflate", ["zlib", "isal"])
+def test_deflate_with_zlib_and_with_isal(monkeypatch: pytest.MonkeyPatch, inflate: str) -> None:
+    """Both inflaters decode the same chunks and refuse the same damage (isal is used when installed)."""
+    from lazymem.sources import hdf5_filters
+    from lazymem.sources.hdf5_filters import DEFLATE, Filter, decode_chunk
+
+    module = zlib if inflate == "zlib" else pytest.importorskip("isal.isal_zlib")
+    monkeypatch.setattr(hdf5_filters, "_inflate", module)
+    monkeypatch.setattr(hdf5_filters, "_INFLATE_ERRORS", (zlib.error, module.error))
+    raw = np.arange(5000, dtype="<i4").tobytes()
+    stored = zlib.compress(raw, 1)
+    pipeline = [Filter(DEFLATE, 0, (1,))]
+    assert decode_chunk(stored, pipeline, 0, len(raw), 4) == raw
+    for damaged in (stored[:-7], stored[:20] + b"\xff" * 20 + stored[40:], zlib.compress(raw + b"more", 1)):
+        with pytest.raises(CorruptFilterInput):
+            decode_chunk(damaged, pipeline, 0, len(raw), 4)
