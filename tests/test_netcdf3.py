@@ -4,6 +4,7 @@ as netCDF4 reads them raw; a damaged or fuzzed header is a FormatError, never ot
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -222,3 +223,37 @@ def test_cut_headers_and_lying_sizes_raise_format_errors_only(fmt: str, cut: int
 def test_random_bytes_after_the_magic_raise_format_errors_only(tail: bytes) -> None:
     for magic in (b"CDF\x01", b"CDF\x02", b"CDF\x05"):
         _parse(magic + tail, 1 << 20)
+
+
+NC_DTYPES = ["i1", "i2", "i4", "f4", "f8"]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(fmt=st.sampled_from(FORMATS), nrec=st.integers(0, 12),
+       variables=st.lists(st.tuples(st.sampled_from(NC_DTYPES), st.booleans(), st.lists(st.integers(1, 9), max_size=2)),
+                          min_size=1, max_size=5))
+def test_any_mix_of_fixed_and_record_variables(tmp_path: Path, fmt: str, nrec: int, variables) -> None:
+    path = tmp_path / "h.nc"
+    rng = np.random.default_rng(nrec)
+    with netCDF4.Dataset(path, "w", format=fmt) as ds:
+        ds.createDimension("rec", None)
+        for k, (dtype, is_record, dims) in enumerate(variables):
+            names = [f"d{k}_{i}" for i in range(len(dims))]
+            for name, n in zip(names, dims):
+                ds.createDimension(name, n)
+            v = ds.createVariable(f"v{k}", dtype, (["rec"] if is_record else []) + names)
+            v.set_auto_maskandscale(False)
+            shape = ((nrec,) if is_record else ()) + tuple(dims)
+            if math.prod(shape):
+                v[:] = (rng.standard_normal(shape) * 100).astype(dtype)
+    with netCDF4.Dataset(path) as ds:
+        ds.set_auto_maskandscale(False)
+        want = {name: np.asarray(ds[name][:]) for name in ds.variables}
+    for name, values in want.items():
+        _same_values(lazymem.load(str(path), path=name), values)
+        source = open_array_source(str(path), name)
+        if source.nbytes:
+            grid = source.unit_grid(4096)
+            out = bytearray(grid.span(0)[1])
+            source.read_unit(grid, 0, memoryview(out))
+            assert bytes(out) == values.astype(source.dtype).tobytes()[: len(out)]

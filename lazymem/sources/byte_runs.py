@@ -184,6 +184,8 @@ class ByteRunsSource(Source):
     def read_all_into(self, out: np.ndarray, *, threads: int | None = None) -> None:
         if out.shape != self.shape or out.dtype != self.dtype:
             raise ValueError(f"out must have shape {self.shape} and dtype {self.dtype} (got {out.shape}, {out.dtype})")
+        if not self.nbytes:
+            return
         view = byte_view(out)
         starts = range(0, self.nbytes, EAGER_PIECE)
         workers = threads or min(16 if not self.storage.is_local else (os.cpu_count() or 1), max(len(starts), 1))
@@ -260,4 +262,5 @@ class InlineSource(Source):
     def read_all_into(self, out: np.ndarray, *, threads: int | None = None) -> None:
         if out.shape != self.shape or out.dtype != self.dtype:
             raise ValueError(f"out must have shape {self.shape} and dtype {self.dtype} (got {out.shape}, {out.dtype})")
-        self._fill(0, byte_view(out))
+        if self.nbytes:
+            self._fill(0, byte_view(out))

@@ -248,7 +248,8 @@ def layouts(header: Header, file_size: int, url: str) -> dict[str, Layout]:
         shape = tuple(numrecs if (is_rec and i == 0) else header.dims[d][1] for i, d in enumerate(v.dims))
         records = numrecs if is_rec else 1
         size = slab(v)
-        end = v.begin + (records - 1) * recsize + size if records and size else v.begin
+        # Nothing to read (no records yet, a zero-length dimension): its begin may lie past the end.
+        end = v.begin + (records - 1) * recsize + size if records and size else 0
         if end > file_size:
             raise TruncatedFileError(f"{url}: variable {v.name!r} ends at byte {end}, past the end of the file "
                                      f"({file_size} bytes)")
