@@ -131,3 +131,24 @@ def test_hdf5_and_netcdf3_over_s3(s3_store, tmp_path: Path) -> None:
     tas = lazymem.open("s3://test/old.nc", path="tas", storage_options=options)
     assert tas.dtype == np.dtype(">f8") and np.array_equal(tas, np.arange(33 * 12).reshape(12, 33))
     assert np.array_equal(lazymem.load("s3://test/old.nc", path="n", storage_options=options), np.arange(12))
+
+
+def test_metadata_reads_are_retried_and_storage_failures_are_fetch_errors(http_store) -> None:
+    """h5py's reads at open go through lazymem's storage layer: a transient 503 is sent again; a 403
+    is a FetchError (the storage's fault), not a FormatError (the file's)."""
+    import fsspec
+
+    from lazymem.sources.hdf5 import open_hdf5
+    from lazymem.storage import StoredObject
+
+    data = _write_h5(http_store.dir / "r.h5", (20, 30, 50), (10, 30, 50))
+    url = f"{http_store.url}/r.h5"
+    storage = StoredObject.open(fsspec.filesystem("http"), url)
+    http_store.server.control(fail_next=1, reset=1)  # the first metadata block fails once
+    source = open_hdf5(storage, url, "chunked", None)
+    gets = _gets(http_store.server.control())
+    assert gets[0][2] == gets[1][2], gets  # the same block, asked again
+    assert_same_array(source.read_all(), data)
+    http_store.server.control(fail_status=403, reset=1)
+    with pytest.raises(lazymem.FetchError, match=r"PermissionError|403"):
+        open_hdf5(StoredObject.open(fsspec.filesystem("http"), url, storage.size), url, "chunked", None)

@@ -1,8 +1,8 @@
 """HDF5 and NetCDF4 datasets behind the :class:`~lazymem.sources.base.Source` interface.
 
-h5py reads a dataset's metadata and its chunk index *once*, at open (over an fsspec file with a
-small-block cache for remote URLs: HDF5 makes many small reads, and fsspec's default 5 MiB
-read-ahead per miss would cost more than the whole index). From then on the file is byte ranges:
+h5py reads a dataset's metadata and its chunk index *once*, at open (remote files through
+:class:`BlockReader`, a small-block cache over lazymem's storage layer: HDF5 makes many small
+reads, and fsspec's default 5 MiB read-ahead per miss would cost more than the whole index). From then on the file is byte ranges:
 
 * contiguous datasets are one range, installed as stored (:class:`~.byte_runs.ByteRunsSource`);
 * chunked datasets fetch each chunk's range with fsspec and undo its filters in the monitor
@@ -18,7 +18,9 @@ one lazymem decodes), so a damaged file fails at open, not with other data at a 
 
 from __future__ import annotations
 
+import io
 import posixpath
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,34 +56,92 @@ def _h5py() -> Any:
     return h5py
 
 
+class BlockReader(io.RawIOBase):
+    """A read-only file object over a :class:`StoredObject` for h5py, reading aligned blocks of
+    :data:`OPEN_BLOCK_BYTES` and keeping up to :data:`OPEN_CACHE_BLOCKS` of them.
+
+    Reads go through ``StoredObject.read``: retried when transient, and failing with lazymem's
+    errors. The first failure is kept in :attr:`error`: h5py turns whatever its reads raise into
+    its own ``OSError``, and :func:`h5_file` raises the storage's error instead."""
+
+    def __init__(self, storage: StoredObject) -> None:
+        super().__init__()
+        self.storage = storage
+        self.position = 0
+        self.blocks: OrderedDict[int, bytes] = OrderedDict()
+        self.error: BaseException | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.storage.size}[whence]
+        self.position = base + offset
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def _block(self, index: int) -> bytes:
+        block = self.blocks.get(index)
+        if block is None:
+            start = index * OPEN_BLOCK_BYTES
+            try:
+                block = self.storage.read(start, min(start + OPEN_BLOCK_BYTES, self.storage.size))
+            except BaseException as exc:
+                self.error = self.error or exc
+                raise
+            self.blocks[index] = block
+            if len(self.blocks) > OPEN_CACHE_BLOCKS:
+                self.blocks.popitem(last=False)
+        else:
+            self.blocks.move_to_end(index)
+        return block
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        start = self.position
+        stop = min(start + len(view), self.storage.size)
+        done = 0
+        while start + done < stop:
+            index, within = divmod(start + done, OPEN_BLOCK_BYTES)
+            block = self._block(index)
+            piece = block[within : within + (stop - start - done)]
+            view[done : done + len(piece)] = piece
+            done += len(piece)
+        self.position += done
+        return done
+
+
 @contextmanager
 def h5_file(storage: StoredObject, url: str) -> Iterator[Any]:
     """The file open in h5py (read-only), through a small-block cache when remote."""
     h5py = _h5py()
-    handle = None
+    handle = None if storage.is_local else BlockReader(storage)
     try:
-        if storage.is_local:
-            f = h5py.File(storage.path, "r")
-        else:
-            handle = storage.fs.open(storage.path, "rb", block_size=OPEN_BLOCK_BYTES, cache_type="blockcache",
-                                     cache_options={"maxblocks": OPEN_CACHE_BLOCKS}, size=storage.size)
-            f = h5py.File(handle, "r")
+        f = h5py.File(storage.path if handle is None else handle, "r")
     except LazymemError:
         raise
     except FileNotFoundError as exc:
         raise ArrayNotFoundError(f"{url}: {exc}") from exc
     except OSError as exc:  # h5py's "Unable to open file (truncated file...)" and friends
-        if handle is not None:
-            handle.close()
+        if handle is not None and handle.error is not None:
+            raise handle.error from exc  # the storage failed (FetchError, ArrayNotFoundError...), not the file
         message = str(exc)
         kind = TruncatedFileError if "truncat" in message.lower() or "eof" in message.lower() else FormatError
         raise kind(f"{url}: not a readable HDF5 file ({message})") from exc
     try:
         with f:
             yield f
-    finally:
-        if handle is not None:
-            handle.close()
+    except LazymemError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:  # h5py reading a dataset's header, the index
+        if handle is not None and handle.error is not None:
+            raise handle.error from exc  # the storage failed, not the file
+        raise FormatError(f"{url}: damaged HDF5 metadata ({type(exc).__name__}: {exc})") from exc
 
 
 def _attr_value(value: Any) -> Any:
