@@ -14,6 +14,12 @@ from lazymem.sources.formats import open_array_source
 
 from .conftest import assert_same_array
 
+# hdf5plugin before netCDF4: netCDF4 brings its own copy of the HDF5 library, and hdf5plugin's
+# filters loaded after it fail to register with h5py's ("error during user callback") in this process.
+try:
+    import hdf5plugin  # noqa: F401
+except ImportError:
+    pass
 h5py = pytest.importorskip("h5py")
 
 RNG = np.random.default_rng(5)

@@ -19,6 +19,12 @@ from lazymem.sources.netcdf3 import _NeedMore, layouts, parse_header
 from .conftest import assert_same_array
 from .source_conformance import SourceTests
 
+# hdf5plugin before netCDF4: netCDF4 brings its own copy of the HDF5 library, and hdf5plugin's
+# filters loaded after it fail to register with h5py's ("error during user callback") in this process.
+try:
+    import hdf5plugin  # noqa: F401
+except ImportError:
+    pass
 netCDF4 = pytest.importorskip("netCDF4")
 
 FORMATS = ["NETCDF3_CLASSIC", "NETCDF3_64BIT_OFFSET", "NETCDF3_64BIT_DATA"]

@@ -2,7 +2,8 @@
 
 h5py reads a dataset's metadata and its chunk index *once*, at open (remote files through
 :class:`BlockReader`, a small-block cache over lazymem's storage layer: HDF5 makes many small
-reads, and fsspec's default 5 MiB read-ahead per miss would cost more than the whole index). From then on the file is byte ranges:
+reads, and fsspec's default 5 MiB read-ahead per miss would cost more than the whole index).
+From then on the file is byte ranges:
 
 * contiguous datasets are one range, installed as stored (:class:`~.byte_runs.ByteRunsSource`);
 * chunked datasets fetch each chunk's range with fsspec and undo its filters in the monitor
@@ -28,7 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from lazymem.errors import ArrayNotFoundError, FormatError, LazymemError, TruncatedFileError, UnsupportedCodecError
+from lazymem.errors import (
+    ArrayNotFoundError,
+    FetchError,
+    FormatError,
+    LazymemError,
+    TruncatedFileError,
+    UnsupportedCodecError,
+)
 from lazymem.storage import StoredObject
 
 from .base import Source
@@ -91,8 +99,11 @@ class BlockReader(io.RawIOBase):
             start = index * OPEN_BLOCK_BYTES
             try:
                 block = self.storage.read(start, min(start + OPEN_BLOCK_BYTES, self.storage.size))
-            except BaseException as exc:
-                self.error = self.error or exc
+            except Exception as exc:
+                # Kept as a fresh copy: the raised one's traceback holds frames of h5py's driver
+                # callback, and an exception keeping those alive crashes the interpreter at exit
+                # (measured: SIGSEGV at shutdown with h5py 3.16 / HDF5 2.0).
+                self.error = self.error or _bare(exc)
                 raise
             self.blocks[index] = block
             if len(self.blocks) > OPEN_CACHE_BLOCKS:
@@ -116,6 +127,14 @@ class BlockReader(io.RawIOBase):
         return done
 
 
+def _bare(exc: Exception) -> Exception:
+    """A copy of ``exc`` with its message and no traceback, cause or context."""
+    try:
+        return type(exc)(*exc.args)
+    except Exception:  # noqa: BLE001 (an exception class with another constructor)
+        return FetchError(str(exc))
+
+
 @contextmanager
 def h5_file(storage: StoredObject, url: str) -> Iterator[Any]:
     """The file open in h5py (read-only), through a small-block cache when remote."""
@@ -129,7 +148,7 @@ def h5_file(storage: StoredObject, url: str) -> Iterator[Any]:
         raise ArrayNotFoundError(f"{url}: {exc}") from exc
     except OSError as exc:  # h5py's "Unable to open file (truncated file...)" and friends
         if handle is not None and handle.error is not None:
-            raise handle.error from exc  # the storage failed (FetchError, ArrayNotFoundError...), not the file
+            raise handle.error from None  # the storage failed (FetchError...), not the file; no h5py frames kept
         message = str(exc)
         kind = TruncatedFileError if "truncat" in message.lower() or "eof" in message.lower() else FormatError
         raise kind(f"{url}: not a readable HDF5 file ({message})") from exc
@@ -140,7 +159,7 @@ def h5_file(storage: StoredObject, url: str) -> Iterator[Any]:
         raise
     except (OSError, RuntimeError, KeyError, ValueError) as exc:  # h5py reading a dataset's header, the index
         if handle is not None and handle.error is not None:
-            raise handle.error from exc  # the storage failed, not the file
+            raise handle.error from None  # the storage failed, not the file
         raise FormatError(f"{url}: damaged HDF5 metadata ({type(exc).__name__}: {exc})") from exc
 
 
