@@ -470,6 +470,15 @@ def open(
             if mode == "c":  # the kernel's own copy-on-write file mapping: numpy's memmap mode "c"
                 return np.load(reader.path, mmap_mode="c")  # type: ignore[no-any-return]
             return map_npy(reader.path, url)  # type: ignore[return-value]
+    from .sources.byte_runs import ByteRunsSource
+
+    if isinstance(source, ByteRunsSource) and source.storage.is_local and source.count == 1 and source.nbytes:
+        # An uncompressed array in one range of a local file (contiguous HDF5, fixed NetCDF3): the
+        # kernel maps it, as a local .npy.
+        from .mapped import map_range
+
+        return map_range(source.storage.path, url, source.begin, source.shape, source.dtype,  # type: ignore[return-value]
+                         source.order, path)
     # From here on only the source interface: what the monitor serves is a Source.
     nbytes, shape, dtype, order = source.nbytes, source.shape, source.dtype, source.order
     if nbytes == 0:

@@ -332,7 +332,7 @@ def _parser() -> argparse.ArgumentParser:
                        "present for zarr (counting chunks present lists the store: one LIST request per 1,000 "
                        "objects on S3; plain HTTP cannot list). A group without --path lists its arrays.")
     p.add_argument("url", help="any fsspec URL: a path, s3://..., https://...")
-    p.add_argument("--path", "-p", default=None, help="the array's path inside a zarr group (\"t2m\", \"sub/x\")")
+    p.add_argument("--path", "-p", default=None, help="the array inside a zarr group or an HDF5 / NetCDF file")
     p.add_argument("--json", action="store_true", help="print the facts as one JSON object")
     p.set_defaults(run=_info)
     p = sub.add_parser("convert", parents=[common], formatter_class=formatter, help="write SRC as a .npy.zst file",
@@ -347,7 +347,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="bytes per zstd frame within a chunk, the unit decoded and checksummed (default: "
                    "chunks cut into frames of at most 512 KiB)")
     p.add_argument("--level", type=int, default=3, help="zstd compression level")
-    p.add_argument("--path", "-p", default=None, help="the array's path inside a zarr group")
+    p.add_argument("--path", "-p", default=None, help="the array inside a zarr group or an HDF5 / NetCDF file")
     p.add_argument("--max-resident", type=_size, default="256MiB",
                    help="most bytes of SRC held in memory at once while it is read")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

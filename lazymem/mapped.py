@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -36,16 +36,18 @@ def _check(rc: int) -> None:
 class _State:
     """Shared by an array and all its views: closing one closes them all."""
 
-    __slots__ = ("closed", "evictions", "url")
+    __slots__ = ("closed", "evictions", "path", "url")
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, path: str | None = None) -> None:
         self.url = url
+        self.path = path  # the array inside the file (HDF5 dataset, NetCDF3 variable), if any
         self.closed = False
         self.evictions = 0
 
 
 class MappedArray(np.memmap):
-    """A read-only ``numpy.memmap`` of a local ``.npy`` file with the ``LazyArray`` extras.
+    """A read-only ``numpy.memmap`` of a local ``.npy`` file (or of an uncompressed array at an
+    offset of a local HDF5 / NetCDF3 file) with the ``LazyArray`` extras.
 
     ``close()`` makes the mapping inaccessible: a touch afterwards is a SIGSEGV (never stale
     or zero data), explicit calls raise :class:`ClosedArrayError`.
@@ -79,7 +81,7 @@ class MappedArray(np.memmap):
         if state is None or base is None:
             return np.array(self, copy=True).view(np.ndarray).__reduce__()
         offset = self.ctypes.data - _mapping_start(self)
-        return (_rebuild, (state.url, self.dtype, self.shape, self.strides, offset))
+        return (_rebuild, (state.url, self.dtype, self.shape, self.strides, offset, state.path))
 
     def __deepcopy__(self, memo: Any) -> np.ndarray:
         return np.array(self, copy=True).view(np.ndarray)
@@ -179,10 +181,20 @@ def map_npy(path: str, url: str) -> MappedArray:
     return mapped
 
 
-def _rebuild(url: str, dtype: np.dtype, shape: tuple[int, ...], strides: tuple[int, ...], offset: int) -> MappedArray:
+def map_range(file_path: str, url: str, offset: int, shape: tuple[int, ...], dtype: np.dtype, order: Literal["C", "F"],
+              path: str | None) -> MappedArray:
+    """Map an uncompressed array stored at ``offset`` of the local file ``file_path`` read-only (a
+    contiguous HDF5 dataset, a fixed-size NetCDF3 variable: as ``np.memmap`` at its offset)."""
+    mapped = np.memmap(file_path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order).view(MappedArray)
+    mapped._mapped = _State(url, path)
+    return mapped
+
+
+def _rebuild(url: str, dtype: np.dtype, shape: tuple[int, ...], strides: tuple[int, ...], offset: int,
+             path: str | None = None) -> MappedArray:
     from .array import open as open_array
 
-    whole = open_array(url)
+    whole = open_array(url, path=path)
     assert isinstance(whole, MappedArray)
     flat = np.frombuffer(whole._mmap, dtype=np.uint8)
     view = np.ndarray.__new__(MappedArray, shape, dtype, buffer=flat, offset=offset, strides=strides)

@@ -195,6 +195,16 @@ class Source(ABC):
             before (``on_urgent``) was wrong, and the caller poisons or raises.
         """
 
+    def cached_bytes(self) -> int:
+        """Decoded bytes the source keeps between units in this process (parts of chunks that
+        units not read yet need): the monitor counts them in the array's budget."""
+        return 0
+
+    def limit_cache(self, budget: int | None) -> None:
+        """The array's budget (``max_resident``; None: none): the source keeps its cache within a
+        share of it."""
+        return None  # a source without a cache has nothing to limit
+
     @abstractmethod
     def read_all_into(self, out: np.ndarray, *, threads: int | None = None) -> None:
         """Fill ``out`` (the array's shape, dtype and order) with the whole array, eagerly."""

@@ -66,3 +66,24 @@ def flat_run_boxes(shape: tuple[int, ...], start: int, stop: int, order: str = "
 def box_shape(box: Box) -> tuple[int, ...]:
     """The shape a box selects."""
     return tuple(s.stop - s.start for s in box)
+
+
+def intersect(a: Box, b: Box) -> Box | None:
+    """The box both ``a`` and ``b`` select, or None if they do not meet."""
+    out = []
+    for x, y in zip(a, b, strict=True):
+        start, stop = max(x.start, y.start), min(x.stop, y.stop)
+        if start >= stop:
+            return None
+        out.append(slice(start, stop))
+    return tuple(out)
+
+
+def shift(box: Box, origin: tuple[int, ...]) -> Box:
+    """``box`` in coordinates relative to ``origin`` (the corner of an enclosing box)."""
+    return tuple(slice(s.start - o, s.stop - o) for s, o in zip(box, origin, strict=True))
+
+
+def chunk_ranges(box: Box, chunks: tuple[int, ...]) -> tuple[range, ...]:
+    """Per dimension, the chunk indices a (non-empty) box meets on a regular grid of ``chunks``."""
+    return tuple(range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(box, chunks, strict=True))

@@ -141,6 +141,17 @@ def _tail_read() -> int:  # imported on use: sources/__init__ imports this modul
     return TAIL_READ
 
 
+def _hdf5_after_user_block(storage: StoredObject) -> bool:
+    """An HDF5 file with a user block (its signature at 512, 1024...): asked only of files nothing
+    else recognised, so it costs the other formats nothing."""
+    from .hdf5 import has_user_block_signature
+
+    try:
+        return has_user_block_signature(storage)
+    except FormatError:
+        return False
+
+
 def _zarr_source(url: str, path: str | None, storage_options: dict[str, Any] | None) -> Source:
     from .zarr_array import ZarrSource
 
@@ -184,6 +195,8 @@ def open_array_source(url: str, path: str | None = None,
     try:
         reader = open_source_from_storage(probe.storage, probe.head or None, probe.tail)
     except FormatError:
+        if _hdf5_after_user_block(probe.storage):
+            return _load(FILE_FORMATS[0].opener)(probe.storage, url, path, storage_options)  # type: ignore[no-any-return]
         try:  # a store whose URL answered as something else (an HTML directory listing)
             return _zarr_source(url, path, storage_options)
         except (ArrayNotFoundError, FormatError):
@@ -202,6 +215,8 @@ def open_listing(url: str, storage_options: dict[str, Any] | None = None) -> Lis
             for fmt in FILE_FORMATS:
                 if fmt.sniff(probe.head) and fmt.lister is not None:
                     return _load(fmt.lister)(probe.storage, url, storage_options)  # type: ignore[no-any-return]
+            if _hdf5_after_user_block(probe.storage):
+                return _load(FILE_FORMATS[0].lister)(probe.storage, url, storage_options)  # type: ignore[arg-type,no-any-return]
             raise FormatError(f"{url}: a single array, not a group: open it with lazymem.open")
     from .zarr_array import list_zarr
 

@@ -1,33 +1,32 @@
 """Zarr arrays (v2, v3, sharded) behind the :class:`~lazymem.sources.base.Source` interface.
 
-Groundwork for zarr support (issue #16): the monitor does not serve this source yet. zarr-python
-does the format's work: metadata, chunk keys, the codec pipeline (sharding included), fill values
-for missing chunks. This module cuts each install unit into the N-d boxes its elements form
-(:mod:`lazymem.sources.boxes`) and has zarr decode each box straight into the unit's memory
-(``get_basic_selection(box, out=...)``: no copy). Elements cut by a unit's edges (item sizes that
-do not divide the page size) go through a one-element scratch.
-
-What it does not do yet: keep decoded chunks between units. A unit narrower than a chunk-row band
-decodes every chunk its rows meet, so a sequential scan of a wide array decodes each chunk several
-times (see ``../shared/DESIGN.md``, N-d chunked sources); the default unit is one band, up to
-``MAX_UNIT_BYTES``, to keep that rare.
+zarr-python does the format's work: metadata, chunk keys, the codec pipeline (sharding included),
+fill values for missing chunks. This module only says what the array is and decodes chunks, each
+through zarr's public ``get_basic_selection`` of the chunk's box; the N-d engine (which chunks a
+unit meets, the decoded-chunk cache, unit sizing, the reader's page first) is
+:class:`~lazymem.sources.chunk_grid.ChunkGridSource`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
 
-from ..errors import ArrayNotFoundError, FormatError, LazymemError
+from ..errors import ArrayNotFoundError, CorruptChunkError, FetchError, FormatError, LazymemError
 from . import zarr_meta
-from .base import PAGE_SIZE, Order, Source, SourceHints, UnitGrid, UnitRead, Urgent, unit_target
-from .boxes import box_shape, flat_run_boxes
+from .base import Order, SourceHints
+from .boxes import box_shape
+from .chunk_grid import ChunkGridSource, ChunkRead
 
-MIN_UNIT_BYTES = 1 << 20
-MAX_UNIT_BYTES = 16 << 20
+LOCAL_READS = 4
+"""Chunks decoded at once from local storage (zarr's codecs release the GIL)."""
+REMOTE_READS = 16
+"""Chunks fetched at once over a network: latency hidden by concurrency."""
+_POOL_LOCK = threading.Lock()
 
 
 def _zarr() -> Any:
@@ -75,7 +74,7 @@ def list_zarr(url: str, storage_options: dict[str, Any] | None = None) -> Any:
     return Listing(dict(sorted(arrays.items())), dict(group.attrs), "zarr")
 
 
-class ZarrSource(Source):
+class ZarrSource(ChunkGridSource):
     """One zarr array, opened read-only through zarr-python (any store fsspec reaches)."""
 
     def __init__(self, url: str, path: str | None = None, storage_options: dict[str, Any] | None = None) -> None:
@@ -148,58 +147,50 @@ class ZarrSource(Source):
         remote = "://" in self.url and not self.url.startswith("file://")
         return SourceHints(remote=remote, max_in_flight=None, local_path=None, unit_bytes=None)
 
-    def default_unit_bytes(self) -> int:
-        """One chunk-row band (the chunks sharing the outermost index range), within [1, 16] MiB."""
-        shape, chunks = self.shape, self.storage_chunks
-        if not shape:
-            return PAGE_SIZE
-        dims = list(zip(shape, chunks))
-        if self.order == "F":
-            dims.reverse()
-        band = min(dims[0][1], dims[0][0]) * math.prod(n for n, _ in dims[1:]) * self.dtype.itemsize
-        unit = min(max(band, MIN_UNIT_BYTES), MAX_UNIT_BYTES)
-        return -(-unit // PAGE_SIZE) * PAGE_SIZE
+    @property
+    def fill_value(self) -> Any:
+        fill = self.array.fill_value
+        # zarr v2's fill_value null means "undefined": zarr-python reads missing chunks as zeros.
+        return np.zeros((), dtype=self.dtype)[()] if fill is None else fill
 
-    def _read_elements(self, start: int, stop: int, out: np.ndarray) -> None:
-        """Elements ``[start, stop)`` of the image (memory order) into the 1-d ``out``."""
+    def read_chunks(self, coords: Sequence[tuple[int, ...]]) -> Iterator[ChunkRead]:
+        """Each chunk decoded by zarr-python (``get_basic_selection`` of its box, into a buffer of
+        its own), several at once on a thread pool: zarr's event loop overlaps their fetches."""
+        if len(coords) == 1:
+            yield self._read_chunk(coords[0])
+            return
+        futures = [self._executor().submit(self._read_chunk, c) for c in coords]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+    def _read_chunk(self, coords: tuple[int, ...]) -> ChunkRead:
         from zarr.core.buffer.cpu import NDBuffer
 
-        order = self.order
-        for first, box in flat_run_boxes(self.shape, start, stop, order):
-            shape = box_shape(box)
-            n = math.prod(shape)
-            target = out[first - start : first - start + n].reshape(shape, order=order)
-            self.array.get_basic_selection(box, out=NDBuffer.from_numpy_array(target))
-
-    def read_unit(self, grid: UnitGrid, unit: int, out: memoryview, *, urgent: Urgent | None = None,
-                  on_urgent: Callable[[int, int], None] | None = None) -> UnitRead:
-        offset, length, view = unit_target(grid, unit, out)
-        size = self.dtype.itemsize
-        first, last = -(-offset // size), (offset + length) // size  # elements wholly inside
+        box = self.chunk_box(coords)
+        data = np.empty(box_shape(box), dtype=self.dtype, order=self.order)
         try:
-            if last > first:
-                lo = first * size - offset
-                body = np.frombuffer(view, dtype=np.uint8, count=(last - first) * size, offset=lo)
-                self._read_elements(first, last, body.view(self.dtype))
-            for element in {offset // size, (offset + length - 1) // size} - set(range(first, last)):
-                scratch = np.empty(1, dtype=self.dtype)  # an element cut by the unit's edge
-                self._read_elements(element, element + 1, scratch)
-                raw = scratch.view(np.uint8)
-                a, b = max(element * size, offset), min((element + 1) * size, offset + length)
-                view[a - offset : b - offset] = raw[a - element * size : b - element * size].tobytes()
+            self.array.get_basic_selection(box, out=NDBuffer.from_numpy_array(data))
         except LazymemError:
             raise
+        except OSError as exc:
+            raise FetchError(f"{self.url}: cannot fetch chunk {coords}: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:
-            raise FormatError(f"{self.url}: cannot read unit {unit} (array bytes {offset}..{offset + length}): "
-                              f"{type(exc).__name__}: {exc}") from exc
-        return UnitRead(zeros=False, bytes_fetched=None)
+            raise CorruptChunkError(f"{self.url}: chunk {coords} does not decode: {type(exc).__name__}: {exc}") from exc
+        return ChunkRead(coords, data, None)
 
-    def read_all_into(self, out: np.ndarray, *, threads: int | None = None) -> None:
-        from zarr.core.buffer.cpu import NDBuffer
-
-        if out.shape != self.shape or out.dtype != self.dtype:
-            raise ValueError(f"out must have shape {self.shape} and dtype {self.dtype} (got {out.shape}, {out.dtype})")
-        self.array.get_basic_selection(..., out=NDBuffer.from_numpy_array(out))
+    def _executor(self) -> ThreadPoolExecutor:
+        pool = self.__dict__.get("_pool")
+        if pool is None:
+            with _POOL_LOCK:
+                pool = self.__dict__.get("_pool")
+                if pool is None:
+                    workers = REMOTE_READS if self.hints.remote else LOCAL_READS
+                    pool = self.__dict__["_pool"] = ThreadPoolExecutor(workers, thread_name_prefix="lazymem-zarr")
+        return pool
 
     def describe(self) -> dict[str, Any]:
         return zarr_meta.describe_array(self)
