@@ -79,7 +79,8 @@ class ServedRegion:
     def __post_init__(self) -> None:
         self.grid = UnitGrid(self.nbytes, self.unit_bytes)
         self.units = UnitStates(self.nunits)
-        self.resident_set = ResidentSet(self.budget, self.unit_bytes)
+        self.source.limit_cache(self.budget)  # a source's decoded-chunk cache lives within the budget
+        self.resident_set = ResidentSet(self.budget, self.unit_bytes, self.source.cached_bytes)
         self.readahead = Readahead(self.readahead_max, self.nunits)
 
     def share(self, holder: ServedRegion) -> None:

@@ -105,6 +105,18 @@ class ZarrSource(ChunkGridSource):
         if dtype.hasobject:
             raise FormatError(f"{self.url}: zarr dtype {dtype} holds Python objects, not fixed-size data")
         self._dtype = dtype
+        self._observe(zarr)
+
+    def _observe(self, zarr: Any) -> None:
+        """The array again, over its store seen through :class:`ObservedStore` (no new request):
+        what chunks cost, which are missing, shard indexes fetched once."""
+        from .zarr_store import ObservedStore, ShardLayout
+
+        metadata = self.array.metadata
+        self._shards = ShardLayout.of(metadata)
+        self._store = ObservedStore(self.array.store, self._shards)
+        path = zarr.storage.StorePath(self._store, self.array.path)
+        self._reader = zarr.Array(zarr.AsyncArray(metadata=metadata, store_path=path))
 
     def _only_array(self, zarr: Any) -> str:
         """The path of the one array in the group at ``url``; an error listing them otherwise."""
@@ -183,17 +195,37 @@ class ZarrSource(ChunkGridSource):
     def _read_chunk(self, coords: tuple[int, ...]) -> ChunkRead:
         from zarr.core.buffer.cpu import NDBuffer
 
+        key, local = self._key(coords)
+        if self.chunk_present(coords) is False:
+            return ChunkRead(coords, None, 0)
         box = self.chunk_box(coords)
         data = np.empty(box_shape(box), dtype=self.dtype, order=self.order)
         try:
-            self.array.get_basic_selection(box, out=NDBuffer.from_numpy_array(data))
+            self._reader.get_basic_selection(box, out=NDBuffer.from_numpy_array(data))
         except LazymemError:
             raise
         except OSError as exc:
             raise FetchError(f"{self.url}: cannot fetch chunk {coords}: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:
             raise CorruptChunkError(f"{self.url}: chunk {coords} does not decode: {type(exc).__name__}: {exc}") from exc
-        return ChunkRead(coords, data, None)
+        fetched, missing = self._store.take(key)
+        if missing or (local is not None and self._store.inner_chunk_present(key, local) is False):
+            return ChunkRead(coords, None, fetched)  # zarr gave the fill value: no data was fetched
+        return ChunkRead(coords, data, fetched)
+
+    def _key(self, coords: tuple[int, ...]) -> tuple[str, tuple[int, ...] | None]:
+        """The store key holding chunk ``coords`` (its shard's, if sharded), and its place in the shard."""
+        if self._shards is None:
+            return self.array.metadata.encode_chunk_key(coords), None
+        per = self._shards.chunks_per_shard
+        shard = tuple(c // n for c, n in zip(coords, per, strict=True))
+        return self.array.metadata.encode_chunk_key(shard), tuple(c % n for c, n in zip(coords, per, strict=True))
+
+    def chunk_present(self, coords: tuple[int, ...]) -> bool | None:
+        if self._shards is None:
+            return None
+        key, local = self._key(coords)
+        return self._store.inner_chunk_present(key, local) if local is not None else None
 
     def _executor(self) -> ThreadPoolExecutor:
         pool = self.__dict__.get("_pool")
