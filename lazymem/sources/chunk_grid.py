@@ -57,6 +57,7 @@ READ_ALL_BYTES = 256 << 20
 """Decoded bytes asked of ``read_chunks`` at once by an eager read (its concurrency, bounded)."""
 
 _STATE_LOCK = threading.Lock()
+_UNIT_SIZES: dict[tuple[Any, ...], int] = {}  # default_unit_bytes by geometry
 _TRANSIENT = ("_cg_cache", "_cg_unit_bytes")  # per process, never pickled
 
 
@@ -147,48 +148,53 @@ class ChunkGridSource(Source):
 
     # --- unit size --------------------------------------------------------------------------------
     def default_unit_bytes(self) -> int:
-        """The largest page multiple up to ``MAX_UNIT_BYTES`` whose units each meet at most
-        ``max(TOUCH_DECODE_BYTES, 4 * unit)`` bytes of chunks (or as many as one page meets, if
-        more): a touch anywhere decodes a bounded amount, never a whole wide band."""
+        """The largest power-of-two page multiple up to ``MAX_UNIT_BYTES`` whose units each meet
+        at most ``max(TOUCH_DECODE_BYTES, 4 * unit, 2 * what one page meets)`` bytes of chunks: a
+        touch anywhere decodes a bounded amount, never a whole wide band."""
         known = self.__dict__.get("_cg_unit_bytes")
         if known is not None:
             return int(known)
-        unit = PAGE_SIZE
-        if self.nbytes > PAGE_SIZE:
-            page_cost = self._touch_cost(PAGE_SIZE)
-            size = 2 * PAGE_SIZE
-            while size <= MAX_UNIT_BYTES:
-                if self._touch_cost(size) > max(TOUCH_DECODE_BYTES, 4 * size, page_cost):
-                    break
-                unit = size
-                if size >= self.nbytes:
-                    break
-                size *= 2
+        key = (self.shape, self.storage_chunks, self.dtype.itemsize, self.order)
+        if key in _UNIT_SIZES:  # the same geometry opened again in this process: pure arithmetic, known
+            self.__dict__["_cg_unit_bytes"] = _UNIT_SIZES[key]
+            return _UNIT_SIZES[key]
+        # From the largest down: narrow arrays pass at once; for wide ones each large size is
+        # refused at its first sample over the limit (see _touch_cost).
+        size = MAX_UNIT_BYTES
+        while size > PAGE_SIZE and size // 2 >= self.nbytes:
+            size //= 2  # no larger than needed for the whole array
+        floor = max(TOUCH_DECODE_BYTES, 2 * self._touch_cost(PAGE_SIZE))
+        while size > PAGE_SIZE and self._touch_cost(size, max(floor, 4 * size)) > max(floor, 4 * size):
+            size //= 2
+        unit = size
         self.__dict__["_cg_unit_bytes"] = unit
+        if len(_UNIT_SIZES) > 1024:
+            _UNIT_SIZES.clear()
+        _UNIT_SIZES[key] = unit
         return unit
 
-    def _touch_cost(self, unit_bytes: int, samples: int = 12) -> float:
+    def _touch_cost(self, unit_bytes: int, limit: float = math.inf, samples: int = 12) -> float:
         """The most decoded chunk bytes one unit of ``unit_bytes`` meets, over units spread
-        through the array and the units straddling the first chunk boundary of the outermost
-        dimension (where a unit meets two bands)."""
+        through the array and the unit straddling the first band boundary (where a unit meets
+        two bands); it stops at the first sample over ``limit``."""
         nunits = -(-self.nbytes // unit_bytes)
-        picks = {nunits * i // samples for i in range(samples)}
+        picks = [nunits * i // samples for i in range(samples)]
         boundary = self.band_bytes()
         if boundary < self.nbytes:
-            picks.add(boundary // unit_bytes)
+            picks.insert(0, boundary // unit_bytes)
         size, chunk = self.dtype.itemsize, self._chunk_bytes()
-        worst = 0
-        for k in picks:
+        worst = 0.0
+        for k in dict.fromkeys(picks):
             lo, hi = k * unit_bytes, min((k + 1) * unit_bytes, self.nbytes)
             boxes = flat_run_boxes(self.shape, lo // size, -(-hi // size), self.order)
             met = [math.prod(len(r) for r in chunk_ranges(box, self.storage_chunks)) for _, box in boxes]
             count = sum(met)
-            if count > 256:  # too many to count exactly (and too many anyway): an upper bound
-                return float(count * chunk)
-            if len(met) > 1:
+            if len(met) > 1 and count * chunk > limit and count <= 4096:  # boxes of a run may share chunks
                 count = len(self._chunks_of(boxes))
-            worst = max(worst, count)
-        return float(worst * chunk)
+            worst = max(worst, float(count * chunk))
+            if worst > limit:
+                break
+        return worst
 
     # --- the decoded-chunk cache, in the monitor's budget -----------------------------------------
     def _cache(self) -> ChunkCache[Coords]:

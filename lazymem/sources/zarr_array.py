@@ -113,6 +113,8 @@ class ZarrSource(ChunkGridSource):
         from .zarr_store import ObservedStore, ShardLayout
 
         metadata = self.array.metadata
+        self._shape = tuple(int(n) for n in self.array.shape)  # asked on every unit: zarr's are properties
+        self._chunks = tuple(int(c) for c in self.array.chunks)
         self._shards = ShardLayout.of(metadata)
         self._store = ObservedStore(self.array.store, self._shards)
         path = zarr.storage.StorePath(self._store, self.array.path)
@@ -152,7 +154,7 @@ class ZarrSource(ChunkGridSource):
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(int(n) for n in self.array.shape)
+        return self._shape
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -165,7 +167,7 @@ class ZarrSource(ChunkGridSource):
 
     @property
     def storage_chunks(self) -> tuple[int, ...]:
-        return tuple(int(c) for c in self.array.chunks)
+        return self._chunks
 
     @property
     def hints(self) -> SourceHints:
