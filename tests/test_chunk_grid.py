@@ -316,3 +316,44 @@ def test_the_grid_arithmetic() -> None:
     assert source.chunks_for(29 * 23 * 6 + 23 * 8 + 13, 29 * 23 * 6 + 23 * 8 + 14) == [(1, 1, 2)]
     assert len(source.chunks_for(23 * 8, 23 * 9)) == 4
     assert source.describe()["chunk_grid"] == [8, 5, 4]
+
+
+def test_a_unit_that_fails_midway_leaves_no_chunk_claimed() -> None:
+    data = RNG.standard_normal((16, 4096)).astype(np.float32)
+    source = BlockSource(data, (16, 1024))
+    grid = source.unit_grid(4 * PAGE_SIZE)
+
+    def broken(lo: int, hi: int) -> None:
+        raise RuntimeError("the installer failed")
+
+    with pytest.raises(Exception, match="the installer failed"):
+        source.read_unit(grid, 1, memoryview(bytearray(grid.span(1)[1])), urgent=(0, PAGE_SIZE), on_urgent=broken)
+    # The chunks it had claimed and not decoded are free again: the next read decodes them (no wait).
+    assert read_units(source, [1], 4 * PAGE_SIZE) == data.tobytes()[grid.span(1)[0] : sum(grid.span(1))]
+
+
+def test_a_waiter_gets_the_decoders_error() -> None:
+    from lazymem.sources.chunk_cache import ChunkCache
+
+    cache: ChunkCache[str] = ChunkCache(1 << 20)
+    first, second = cache.claim(["x"]), cache.claim(["x"])
+    assert first.mine == ["x"] and list(second.waits) == ["x"]
+    cache.fail(["x"], CorruptChunkError("chunk x"))
+    with pytest.raises(CorruptChunkError):
+        second.waits["x"].result(timeout=5)
+    assert cache.claim(["x"]).mine == ["x"], "claimable again"
+
+
+def test_the_budget_counts_what_the_source_holds() -> None:
+    from lazymem.monitor.budget import ResidentSet
+
+    held = [0]
+    rs = ResidentSet(4 << 20, 1 << 20, lambda: held[0])
+    for unit in range(3):
+        rs.installed(unit, 1 << 20)
+    assert rs.victims(1 << 20, 0, lambda u: False) == []
+    held[0] = 2 << 20  # decoded chunks kept: two units must go
+    assert rs.victims(1 << 20, 0, lambda u: False) == [0, 1]
+    source = BlockSource(FIELD, (5, 7, 6))
+    source.limit_cache(1 << 20)
+    assert source._cache().limit == 1 << 19, "half the budget at most"

@@ -170,3 +170,15 @@ def test_concurrent_readers_of_a_wide_array_read_right(tmp_path: Path) -> None:
     with ThreadPoolExecutor(4) as pool:
         parts = list(pool.map(lambda t: np.array(a[t]), range(16)))
     assert_same_array(np.stack(parts), data)
+
+
+def test_the_reader_is_woken_once_its_own_chunks_are_in(tmp_path: Path) -> None:
+    # Units of 64 KiB (4 rows of 4096 float32) meet 8 chunks; the reader's page meets one: it is
+    # installed and the reader woken before the other 7 are decoded (units this small get no
+    # other early wake from the installer: see installer.FIRST_PIECE).
+    url, data = scan_field(tmp_path)
+    a = lazymem.open(url, chunk_bytes=65536, readahead=0)
+    assert a[5, 21, 700] == data[5, 21, 700]
+    s = lazymem.stats(a)
+    assert s.chunks_installed == 1 and s.early_wakes == 1
+    assert_same_array(np.asarray(a[5, 20:24]), data[5, 20:24])  # the whole unit went in after

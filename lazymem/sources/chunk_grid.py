@@ -42,7 +42,7 @@ import numpy as np
 from ..errors import CorruptChunkError, FormatError, LazymemError
 from .base import PAGE_SIZE, Source, UnitGrid, UnitRead, Urgent, unit_target
 from .boxes import Box, box_shape, chunk_ranges, flat_run_boxes, intersect, shift
-from .chunk_cache import ChunkCache
+from .chunk_cache import ChunkCache, Claims
 
 Coords = tuple[int, ...]
 
@@ -365,6 +365,15 @@ class _UnitAssembly:
             if src.chunk_present(coords) is False:
                 reads[coords] = ChunkRead(coords, None, 0)
         claims = cache.claim(c for c in needed if c not in reads)
+        try:
+            return self._assemble(needed, reads, claims, urgent, on_urgent)
+        except BaseException as exc:  # claims not decoded yet: their waiters must not wait for ever
+            cache.fail(claims.mine, exc if isinstance(exc, Exception) else FormatError(f"{src.url}: interrupted"))
+            raise
+
+    def _assemble(self, needed: list[Coords], reads: dict[Coords, ChunkRead], claims: Claims[Coords],
+                  urgent: Urgent | None, on_urgent: Callable[[int, int], None] | None) -> UnitRead:
+        src, cache = self.source, self.source._cache()
         reads.update(claims.hits)
         taken = list(claims.hits)  # cached chunks this unit takes a part of
         placed: set[Coords] = set()
@@ -377,12 +386,11 @@ class _UnitAssembly:
             u_targets = self._targets(u_lo, u_hi)
             first = set(src._chunks_of((0, box) for box, _ in u_targets))
             first_mine = [c for c in mine if c in first]
-            first_waits = {c: f for c, f in waits.items() if c in first}
-            if len(first_mine) + len(first_waits) < len(mine) + len(waits):  # the rest is not final yet
+            # Only chunks of our own before the rest: a worker never waits for another's chunk
+            # while it holds claims it has not decoded (two workers would wait for each other).
+            if not first.intersection(waits) and len(first_mine) < len(mine) + len(waits):  # the rest is not final
                 self._decode(first_mine, reads, placed)
                 mine = [c for c in mine if c not in first]
-                self._await(first_waits, reads, placed, taken)
-                waits = {c: f for c, f in waits.items() if c not in first}
                 if any(reads[c].data is not None for c in first):  # else maybe a unit of zeros
                     for c in first:
                         if c not in placed:  # cached chunks and missing ones: the urgent piece only, for now
