@@ -326,7 +326,7 @@ def test_a_unit_that_fails_midway_leaves_no_chunk_claimed() -> None:
     def broken(lo: int, hi: int) -> None:
         raise RuntimeError("the installer failed")
 
-    with pytest.raises(Exception, match="the installer failed"):
+    with pytest.raises(RuntimeError, match="the installer failed"):  # the caller's error, untouched
         source.read_unit(grid, 1, memoryview(bytearray(grid.span(1)[1])), urgent=(0, PAGE_SIZE), on_urgent=broken)
     # The chunks it had claimed and not decoded are free again: the next read decodes them (no wait).
     assert read_units(source, [1], 4 * PAGE_SIZE) == data.tobytes()[grid.span(1)[0] : sum(grid.span(1))]
@@ -342,6 +342,11 @@ def test_a_waiter_gets_the_decoders_error() -> None:
     with pytest.raises(CorruptChunkError):
         second.waits["x"].result(timeout=5)
     assert cache.claim(["x"]).mine == ["x"], "claimable again"
+    from lazymem.sources.chunk_cache import RELEASED
+
+    waiter = cache.claim(["x"])
+    cache.release(["x"])  # its claimer failed for reasons of its own: the waiter decodes it itself
+    assert waiter.waits["x"].result(timeout=5) is RELEASED
 
 
 def test_the_budget_counts_what_the_source_holds() -> None:

@@ -42,7 +42,7 @@ import numpy as np
 from ..errors import CorruptChunkError, FormatError, LazymemError
 from .base import PAGE_SIZE, Source, UnitGrid, UnitRead, Urgent, unit_target
 from .boxes import Box, box_shape, chunk_ranges, flat_run_boxes, intersect, shift
-from .chunk_cache import ChunkCache, Claims
+from .chunk_cache import RELEASED, ChunkCache, Claims
 
 Coords = tuple[int, ...]
 
@@ -236,6 +236,8 @@ class ChunkGridSource(Source):
         offset, length, view = unit_target(grid, unit, out)
         try:
             return _UnitAssembly(self, offset, length, view).run(urgent, on_urgent)
+        except _CallerError as exc:  # the caller's own failure (the installer's), as it was raised
+            raise exc.error from None
         except LazymemError:
             raise
         except Exception as exc:
@@ -294,6 +296,14 @@ class ChunkGridSource(Source):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "chunk_grid": list(self.chunk_grid_shape)}
+
+
+class _CallerError(Exception):
+    """An exception raised by the caller's ``on_urgent``: passed on untouched (not a source error)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(repr(error))
+        self.error = error
 
 
 class _UnitAssembly:
@@ -367,7 +377,10 @@ class _UnitAssembly:
         claims = cache.claim(c for c in needed if c not in reads)
         try:
             return self._assemble(needed, reads, claims, urgent, on_urgent)
-        except BaseException as exc:  # claims not decoded yet: their waiters must not wait for ever
+        except _CallerError:  # claims not decoded yet: their waiters decode them themselves
+            cache.release(claims.mine)
+            raise
+        except BaseException as exc:  # the chunks' own error: their waiters get it too
             cache.fail(claims.mine, exc if isinstance(exc, Exception) else FormatError(f"{src.url}: interrupted"))
             raise
 
@@ -396,7 +409,10 @@ class _UnitAssembly:
                         if c not in placed:  # cached chunks and missing ones: the urgent piece only, for now
                             self.place(reads[c], u_targets)
                     self.flush(lo, hi)
-                    on_urgent(lo, hi)
+                    try:
+                        on_urgent(lo, hi)
+                    except BaseException as exc:
+                        raise _CallerError(exc) from exc
 
         for coords in claims.hits:
             if reads[coords].data is not None:
@@ -445,6 +461,8 @@ class _UnitAssembly:
         """Chunks another unit is decoding: wait for each, then place it."""
         for coords, future in waits.items():
             read = future.result()
+            if read is RELEASED:  # its claimer failed for its own reasons: decode it here
+                read = next(self.source.checked_chunks([coords]))
             reads[coords] = read
             taken.append(coords)
             if read.data is not None and coords not in placed:
