@@ -190,6 +190,23 @@ def scenarios(url: str, n_time: int, reps: int, out: dict[str, Any]) -> None:
                                 lambda a, b: np.array_equal(a, b), close_with_stats, new_t)
 
 
+def below_band(url: str, reps: int) -> dict[str, Any]:
+    """A scan with units of 1 MiB (16 per band of 4 chunks) under budgets around one band: each
+    chunk decoded once while the decoded-chunk cache (half the budget) holds a band's unused
+    parts, more often below that."""
+    band = CHUNKS[0] * STEP_BYTES
+
+    def scan(budget: int | None) -> Callable[[], Any]:
+        def run() -> Any:
+            a = lazy(url, chunk_bytes=1 << 20, max_resident=budget)
+            return float(np.sum(a, dtype=np.float64)), a
+        return run
+
+    return alternate({"1 MiB units, no budget": scan(None), "max_resident 2 bands": scan(2 * band),
+                      "max_resident 1 band": scan(band), "max_resident 1/2 band": scan(band // 2)},
+                     reps, lambda a, b: a == b, close_with_stats)
+
+
 def decode_copy(url: str, reps: int) -> dict[str, Any]:
     """zarr decoding 16 chunks into buffers of their own then copied into a band-shaped
     destination, vs decoding each straight into its place in the destination."""
@@ -224,7 +241,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gib", type=float, default=1.0, help="array size in GiB (default 1)")
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--only", choices=["plain", "sharded"], default=None)
+    parser.add_argument("--only", choices=["plain", "sharded", "below-band"], default=None)
     parser.add_argument("--json", type=Path, default=Path(__file__).resolve().parent / "results" / "zarr.json")
     args = parser.parse_args()
     n_time = int(args.gib * (1 << 30)) // STEP_BYTES // SHARDS[0] * SHARDS[0]
@@ -232,6 +249,9 @@ def main() -> None:
     lazymem.open(str(make_store(DATA / f"zarr-{n_time}-plain.zarr", n_time, False)))[0, 0, 0]  # monitor up
     report: dict[str, Any] = {"n_time": n_time, "nbytes": n_time * STEP_BYTES, "load_before": background_load(),
                               "cpus": os.cpu_count()}
+    if args.only == "below-band":
+        url = make_store(DATA / f"zarr-{n_time}-plain.zarr", n_time, False)
+        report["below_band"] = {"stored_bytes": stored_bytes(url), "scan": below_band(url, args.reps)}
     for kind in ("plain", "sharded"):
         if args.only and kind != args.only:
             continue
@@ -243,7 +263,7 @@ def main() -> None:
             print("  decode + copy", flush=True)
             report["decode_copy"] = decode_copy(url, args.reps)
     report["load_after"] = background_load()
-    args.json.parent.mkdir(exist_ok=True)
+    args.json.parent.mkdir(exist_ok=True, parents=True)
     args.json.write_text(json.dumps(report, indent=1))
     print_table(report)
 
@@ -251,11 +271,11 @@ def main() -> None:
 def print_table(report: dict[str, Any]) -> None:
     print(f"\n{report['nbytes'] / 2**30:.2f} GiB float32 ({report['n_time']}, 256, 512), chunks {CHUNKS}; "
           f"background load {report['load_before']:.2f} / {report['load_after']:.2f} CPUs")
-    for kind in ("plain", "sharded"):
+    for kind in ("plain", "sharded", "below_band"):
         if kind not in report:
             continue
         r = report[kind]
-        print(f"\n{kind}: stored {r['stored_bytes'] / 2**20:.0f} MiB, lazymem unit {r['unit_bytes'] >> 10} KiB")
+        print(f"\n{kind}: stored {r['stored_bytes'] / 2**20:.0f} MiB, lazymem unit {r.get('unit_bytes', 0) >> 10} KiB")
         for scenario, results in r.items():
             if not isinstance(results, dict):
                 continue

@@ -79,8 +79,10 @@ class ServedRegion:
     def __post_init__(self) -> None:
         self.grid = UnitGrid(self.nbytes, self.unit_bytes)
         self.units = UnitStates(self.nunits)
-        self.source.limit_cache(self.budget)  # a source's decoded-chunk cache lives within the budget
-        self.resident_set = ResidentSet(self.budget, self.unit_bytes, self.source.cached_bytes)
+        self.resident_set = ResidentSet(self.budget, self.unit_bytes)
+        if isinstance(self.source, Source):  # a source's decoded-chunk cache lives within the budget
+            self.source.limit_cache(self.budget)
+            self.resident_set.held = self.source.cached_bytes
         self.readahead = Readahead(self.readahead_max, self.nunits)
 
     def share(self, holder: ServedRegion) -> None:
