@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lazymem.errors import CorruptChunkError
 from lazymem.sources.base import PAGE_SIZE, Order, SourceHints
@@ -362,3 +364,39 @@ def test_the_budget_counts_what_the_source_holds() -> None:
     source = BlockSource(FIELD, (5, 7, 6))
     source.limit_cache(1 << 20)
     assert source._cache().limit == 1 << 19, "half the budget at most"
+
+
+@st.composite
+def layouts(draw: st.DrawFn) -> tuple[np.ndarray, tuple[int, ...], set[tuple[int, ...]], Any, int, list[int]]:
+    shape = tuple(draw(st.lists(st.integers(1, 40), min_size=1, max_size=3)))
+    chunks = tuple(draw(st.integers(1, n + 3)) for n in shape)
+    dtype = np.dtype(draw(st.sampled_from(["<f4", ">i2", "<u8", "u1", "<c8", "S3", "S12"])))  # S: cut by units
+    order = draw(st.sampled_from(["C", "F"]))
+    data = np.arange(math.prod(shape), dtype=np.int64).astype(dtype).reshape(shape, order=order)
+    grid = tuple(-(-n // c) for n, c in zip(shape, chunks, strict=True))
+    coords = list(np.ndindex(*grid))
+    missing = set(draw(st.lists(st.sampled_from(coords), max_size=len(coords), unique=True)))
+    fill = draw(st.sampled_from([0, 7]))
+    unit_bytes = PAGE_SIZE * draw(st.integers(1, 3))
+    nunits = -(-data.nbytes // unit_bytes)
+    units = draw(st.permutations(list(range(nunits))))
+    return data, chunks, missing, fill, unit_bytes, units
+
+
+@settings(max_examples=60, deadline=None)
+@given(layouts(), st.booleans())
+def test_units_in_any_order_read_as_numpy_does(layout: Any, known: bool) -> None:
+    data, chunks, missing, fill, unit_bytes, units = layout
+    source = BlockSource(data, chunks, fill=fill, missing=missing, known_missing=known)
+    want = with_missing(data, chunks, missing, fill).tobytes(order="A")
+    grid = source.unit_grid(unit_bytes)
+    got: dict[int, bytes] = {}
+    for unit in units:
+        offset, length = grid.span(unit)
+        out = bytearray(b"\xa5" * length)
+        result = source.read_unit(grid, unit, memoryview(out), urgent=(0, min(PAGE_SIZE, length)),
+                                  on_urgent=lambda lo, hi: None)
+        got[unit] = bytes(length) if result.zeros else bytes(out)
+        assert got[unit] == want[offset : offset + length]
+    assert source.cached_bytes() == 0, "every chunk used up and dropped"
+    assert all(n == 1 for c, n in source.decodes.items()), "each chunk decoded once"
