@@ -15,7 +15,7 @@ import pytest
 import lazymem
 from lazymem.sources.base import PAGE_SIZE
 
-from .conftest import assert_same_array
+from .conftest import assert_same_array, wait_for_exit
 
 zarr = pytest.importorskip("zarr")
 
@@ -182,3 +182,22 @@ def test_the_reader_is_woken_once_its_own_chunks_are_in(tmp_path: Path) -> None:
     s = lazymem.stats(a)
     assert s.chunks_installed == 1 and s.early_wakes == 1
     assert_same_array(np.asarray(a[5, 20:24]), data[5, 20:24])  # the whole unit went in after
+
+
+def test_a_forked_child_reads_eagerly_through_its_own_threads(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    url, data = scan_field(tmp_path)
+    source = ZarrSource(url)
+    assert_same_array(source.read_all(), data)  # the parent's reader threads exist now
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's threads are not here; a read must not wait for them
+        ok = np.array_equal(source.read_all(), data)
+        os._exit(0 if ok else 1)
+    exited = wait_for_exit(pid, 60)
+    if not exited:
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert exited, "the child's read hung"
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -9,6 +9,7 @@ unit meets, the decoded-chunk cache, unit sizing, the reader's page first) is
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -230,11 +231,13 @@ class ZarrSource(ChunkGridSource):
         return self._store.inner_chunk_present(key, local) if local is not None else None
 
     def _executor(self) -> ThreadPoolExecutor:
-        pool = self.__dict__.get("_pool")
-        if pool is None:
+        # Per process: a forked child inherits the pool without its threads (work would never run).
+        pid, pool = self.__dict__.get("_pool", (0, None))
+        if pool is None or pid != os.getpid():
             with _POOL_LOCK:
-                pool = self.__dict__.get("_pool")
-                if pool is None:
+                pid, pool = self.__dict__.get("_pool", (0, None))
+                if pool is None or pid != os.getpid():
                     workers = REMOTE_READS if self.hints.remote else LOCAL_READS
-                    pool = self.__dict__["_pool"] = ThreadPoolExecutor(workers, thread_name_prefix="lazymem-zarr")
+                    pool = ThreadPoolExecutor(workers, thread_name_prefix="lazymem-zarr")
+                    self.__dict__["_pool"] = (os.getpid(), pool)
         return pool
