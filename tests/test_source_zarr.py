@@ -56,6 +56,25 @@ class TestV3ShardedWithMissingChunks(SourceTests):
         return ZarrSource(str(tmp_path / "s.zarr"))
 
 
+class TestV3ShardIndexAtStartWithMissingInnerChunks(SourceTests):
+    """The index before the inner chunks; missing inner chunks (index entries 2^64-1) and a fill of 0."""
+
+    @pytest.fixture
+    def expected(self, source: ZarrSource, tmp_path: Path) -> np.ndarray:
+        return _expected(tmp_path / "st.zarr")
+
+    @pytest.fixture
+    def source(self, tmp_path: Path) -> ZarrSource:
+        codecs = zarr.codecs
+        z = zarr.create_array(store=str(tmp_path / "st.zarr"), shape=(120, 2100), dtype="<f8", chunks=(8, 300),
+                              shards=(24, 900), fill_value=0, compressors=None,
+                              serializer=codecs.ShardingCodec(chunk_shape=(8, 300), index_location="start",
+                                                              codecs=[codecs.BytesCodec(), codecs.GzipCodec()]))
+        z[10:30, 200:1000] = np.linspace(0, 1, 20 * 800).reshape(20, 800)
+        z[100:, 2000:] = -1.5
+        return ZarrSource(str(tmp_path / "st.zarr"))
+
+
 class TestV2FortranOrder(SourceTests):
     @pytest.fixture
     def expected(self, source: ZarrSource, tmp_path: Path) -> np.ndarray:
