@@ -94,6 +94,15 @@ class ChunkCache(Generic[K]):
         for future in futures:
             future.set_exception(error)
 
+    def used_up(self, key: K) -> None:
+        """A claimed chunk was decoded straight into the one unit that needs it: nothing to keep
+        (a waiter, which cannot be, would decode it itself)."""
+        with self._lock:
+            future = self._pending.pop(key, None)
+            self.decoded += 1
+        if future is not None:
+            future.set_result(RELEASED)
+
     def release(self, keys: Iterable[K]) -> None:
         """Claimed chunks will not be decoded by their claimer (it failed for its own reasons):
         their waiters get ``RELEASED`` and decode them themselves."""

@@ -100,6 +100,20 @@ class ChunkGridSource(Source):
         called in the monitor process, so it must not need anything that does not pickle (reopen
         in ``__setstate__``)."""
 
+    def read_chunks_into(self, targets: Sequence[tuple[tuple[int, ...], np.ndarray]]) -> Iterator[ChunkRead]:
+        """Optional: decode chunks straight into the given arrays (each of the chunk's clipped
+        shape and the source's dtype, often a strided view of an install unit), yielding each
+        chunk as it is done with ``data`` that very array (None: missing, the array holds nothing
+        or the fill value). The default decodes with :meth:`read_chunks` and copies; a subclass
+        whose library decodes into a given buffer overrides it and saves that copy."""
+        views = dict(targets)
+        for read in self.checked_chunks(list(views)):
+            if read.data is None:
+                yield read
+            else:
+                views[read.coords][...] = read.data
+                yield ChunkRead(read.coords, views[read.coords], read.stored_bytes)
+
     def chunk_present(self, coords: tuple[int, ...]) -> bool | None:
         """Whether the chunk is stored, if known without fetching anything (None: unknown). A
         chunk known missing is the fill value and is not asked of :meth:`read_chunks`."""
@@ -431,22 +445,39 @@ class _UnitAssembly:
         return UnitRead(zeros=False, bytes_fetched=self.fetched)
 
     def _decode(self, coords: list[Coords], reads: dict[Coords, ChunkRead], placed: set[Coords]) -> None:
-        """Decode the chunks this unit claimed, placing each as it comes and handing it to the cache."""
+        """Decode the chunks this unit claimed, placing each as it comes and handing it to the
+        cache; a chunk that lies wholly in this unit (and nowhere else) is decoded in its place."""
         if not coords:
             return
         src, cache = self.source, self.source._cache()
         left = set(coords)
+        # In place only where a chunk found missing cannot spoil a unit of zeros: the source may
+        # write the fill value there, and a zeros unit must leave ``out`` untouched.
+        zero_fill = src._fill_is_zero()
+        inside = {c: view for c in coords
+                  if (not zero_fill or src.chunk_present(c)) and (view := self._place_of(c)) is not None}
         try:
-            for read in src.checked_chunks(coords):
+            if inside:
+                self.written = True  # the source writes into the unit (a missing chunk's fill value too)
+                for read in src.read_chunks_into(list(inside.items())):
+                    where = tuple(read.coords)
+                    if where not in left or where not in inside:
+                        raise CorruptChunkError(f"{src.url}: chunk {where} was read but not asked for (or twice)")
+                    reads[where] = read
+                    if read.data is not None:
+                        placed.add(where)
+                    self._count(read)
+                    left.discard(where)
+                    cache.used_up(where)
+                if left.intersection(inside):
+                    raise FormatError(f"{src.url}: chunks {sorted(left.intersection(inside))[:4]} were never read")
+            for read in src.checked_chunks([c for c in coords if c not in inside]):
                 where = tuple(read.coords)
                 reads[where] = read
                 if read.data is not None:
                     self.place(read, self.boxes)
                     placed.add(where)
-                if read.stored_bytes is None or self.fetched is None:
-                    self.fetched = None
-                else:
-                    self.fetched += read.stored_bytes
+                self._count(read)
                 nbytes = 0 if read.data is None else read.data.nbytes
                 remaining = math.prod(box_shape(src.chunk_box(where))) - self.own_elements(where)
                 left.discard(where)
@@ -455,6 +486,22 @@ class _UnitAssembly:
             error = exc if isinstance(exc, Exception) else FormatError(f"{src.url}: chunk read interrupted")
             cache.fail(left, error)
             raise
+
+    def _count(self, read: ChunkRead) -> None:
+        if read.stored_bytes is None or self.fetched is None:
+            self.fetched = None
+        else:
+            self.fetched += read.stored_bytes
+
+    def _place_of(self, coords: Coords) -> np.ndarray | None:
+        """The chunk's place in the unit, if the unit holds all of it and no other unit needs any."""
+        cbox = self.source.chunk_box(coords)
+        if self.own_elements(coords) != math.prod(box_shape(cbox)):
+            return None
+        for box, target in self.boxes:
+            if intersect(box, cbox) == cbox:
+                return target[shift(cbox, tuple(s.start for s in box))]
+        return None
 
     def _await(self, waits: dict[Coords, Any], reads: dict[Coords, ChunkRead], placed: set[Coords],
                taken: list[Coords]) -> None:

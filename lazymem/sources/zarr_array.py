@@ -195,14 +195,27 @@ class ZarrSource(ChunkGridSource):
             for future in futures:
                 future.cancel()
 
-    def _read_chunk(self, coords: tuple[int, ...]) -> ChunkRead:
+    def read_chunks_into(self, targets: Sequence[tuple[tuple[int, ...], np.ndarray]]) -> Iterator[ChunkRead]:
+        """As :meth:`read_chunks`, zarr decoding each chunk straight into its place in the unit."""
+        if len(targets) == 1:
+            yield self._read_chunk(*targets[0])
+            return
+        futures = [self._executor().submit(self._read_chunk, c, view) for c, view in targets]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+    def _read_chunk(self, coords: tuple[int, ...], out: np.ndarray | None = None) -> ChunkRead:
         from zarr.core.buffer.cpu import NDBuffer
 
         key, local = self._key(coords)
         if self.chunk_present(coords) is False:
             return ChunkRead(coords, None, 0)
         box = self.chunk_box(coords)
-        data = np.empty(box_shape(box), dtype=self.dtype, order=self.order)
+        data = np.empty(box_shape(box), dtype=self.dtype, order=self.order) if out is None else out
         try:
             self._reader.get_basic_selection(box, out=NDBuffer.from_numpy_array(data))
         except LazymemError:
