@@ -86,6 +86,21 @@ class TestV2FortranOrder(SourceTests):
         return ZarrSource(str(tmp_path / "f.zarr"))
 
 
+class TestV2FortranOrderFillAndMissingChunks(SourceTests):
+    """A fill value that is not zero: chunks lying wholly in a unit are decoded in their place."""
+
+    @pytest.fixture
+    def expected(self, source: ZarrSource, tmp_path: Path) -> np.ndarray:
+        return np.asfortranarray(_expected(tmp_path / "ff.zarr"))
+
+    @pytest.fixture
+    def source(self, tmp_path: Path) -> ZarrSource:
+        z = zarr.create_array(store=str(tmp_path / "ff.zarr"), shape=(300, 41), dtype="<f4", chunks=(64, 4),
+                              zarr_format=2, order="F", fill_value=-1.0)
+        z[:200, 5:30] = np.arange(200 * 25, dtype="<f4").reshape(200, 25)
+        return ZarrSource(str(tmp_path / "ff.zarr"))
+
+
 class TestV2OddItemSize(SourceTests):
     """12-byte items: install units cut elements in two."""
 
