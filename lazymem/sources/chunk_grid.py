@@ -249,7 +249,7 @@ class ChunkGridSource(Source):
                   on_urgent: Callable[[int, int], None] | None = None) -> UnitRead:
         offset, length, view = unit_target(grid, unit, out)
         try:
-            return _UnitAssembly(self, offset, length, view).run(urgent, on_urgent)
+            return _UnitAssembly(self, offset, length, view, grid.unit_bytes).run(urgent, on_urgent)
         except _CallerError as exc:  # the caller's own failure (the installer's), as it was raised
             raise exc.error from None
         except LazymemError:
@@ -323,12 +323,12 @@ class _CallerError(Exception):
 class _UnitAssembly:
     """One install unit: its elements placed from the chunks they meet (see ``read_unit``)."""
 
-    def __init__(self, source: ChunkGridSource, offset: int, length: int, view: memoryview) -> None:
+    def __init__(self, source: ChunkGridSource, offset: int, length: int, view: memoryview,
+                 unit_bytes: int) -> None:
         self.source, self.offset, self.length, self.view = source, offset, length, view
         size = self.size = source.dtype.itemsize
         self.lo, self.hi = offset // size, -(-(offset + length) // size)  # elements the unit's bytes meet
-        # Elements whose first byte is in the unit: what this unit takes of the chunks it meets.
-        self.own = (-(-offset // size), -(-(offset + length) // size))
+        self.unit_bytes = unit_bytes
         if offset % size == 0 and length % size == 0:
             self.work = np.frombuffer(view, dtype=source.dtype)  # straight into the unit
             self.direct = True
@@ -363,15 +363,38 @@ class _UnitAssembly:
         self.written = True
 
     def own_elements(self, coords: Coords) -> int:
-        """Elements of chunk ``coords`` this unit takes."""
+        """Elements of chunk ``coords`` this unit takes (an element cut by the unit's edge
+        counts for both units: see ``demand``)."""
         src = self.source
         cbox = src.chunk_box(coords)
         total = 0
-        for _, box in self.own_boxes:
+        for box, _ in self.boxes:
             both = intersect(box, cbox)
             if both is not None:
                 total += math.prod(box_shape(both))
         return total
+
+    def demand(self, coords: Coords) -> int:
+        """How many (unit, element) takings chunk ``coords`` serves in all: its elements, plus
+        one for each element of it that a unit boundary cuts (both units take that one)."""
+        src, size, unit = self.source, self.size, self.unit_bytes
+        cbox = src.chunk_box(coords)
+        count = math.prod(box_shape(cbox))
+        if unit % size == 0 or not cbox:
+            return count
+        # The unit boundaries inside the chunk's span of the image, the elements they cut, and
+        # whether those lie in the chunk (vectorised: only item sizes that do not divide a page).
+        first = int(np.ravel_multi_index([s.start for s in cbox], src.shape, order=src.order))
+        last = int(np.ravel_multi_index([s.stop - 1 for s in cbox], src.shape, order=src.order))
+        bounds = np.arange(-(-(first * size + 1) // unit), ((last + 1) * size - 1) // unit + 1, dtype=np.int64) * unit
+        cut = bounds[bounds % size != 0] // size
+        if not len(cut):
+            return count
+        where = np.unravel_index(cut, src.shape, order=src.order)
+        inside = np.ones(len(cut), dtype=bool)
+        for axis, s in zip(where, cbox, strict=True):
+            inside &= (axis >= s.start) & (axis < s.stop)
+        return count + int(inside.sum())
 
     def flush(self, lo: int, hi: int) -> None:
         """Unit bytes ``[lo, hi)`` from ``work`` into the unit (only when not assembled in place)."""
@@ -382,7 +405,6 @@ class _UnitAssembly:
 
     def run(self, urgent: Urgent | None, on_urgent: Callable[[int, int], None] | None) -> UnitRead:
         src, cache = self.source, self.source._cache()
-        self.own_boxes = flat_run_boxes(src.shape, *self.own, src.order)
         needed = src._chunks_of((0, box) for box, _ in self.boxes)
         reads: dict[Coords, ChunkRead] = {}
         for coords in needed:
@@ -479,7 +501,7 @@ class _UnitAssembly:
                     placed.add(where)
                 self._count(read)
                 nbytes = 0 if read.data is None else read.data.nbytes
-                remaining = math.prod(box_shape(src.chunk_box(where))) - self.own_elements(where)
+                remaining = self.demand(where) - self.own_elements(where)
                 left.discard(where)
                 cache.deliver(where, read, nbytes, remaining)
         except BaseException as exc:
@@ -496,7 +518,7 @@ class _UnitAssembly:
     def _place_of(self, coords: Coords) -> np.ndarray | None:
         """The chunk's place in the unit, if the unit holds all of it and no other unit needs any."""
         cbox = self.source.chunk_box(coords)
-        if self.own_elements(coords) != math.prod(box_shape(cbox)):
+        if self.own_elements(coords) != self.demand(coords):
             return None
         for box, target in self.boxes:
             if intersect(box, cbox) == cbox:
