@@ -28,6 +28,7 @@ from .errors import (
     UserfaultfdUnavailableError,
 )
 from .groups import Group, open_group
+from .integrations import to_dask
 from .mapped import MappedArray
 from .writer import save
 
@@ -61,4 +62,5 @@ __all__ = [
     "save",
     "set_max_resident",
     "stats",
+    "to_dask",
 ]

@@ -7,6 +7,7 @@ copies) come back as plain ndarrays.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import operator
 import os
@@ -16,6 +17,7 @@ from typing import Any
 import fsspec
 import numpy as np
 
+from . import cow
 from .config import default_max_resident, parse_size
 from .errors import ClosedArrayError, HugePagesUnavailableError
 from .kernel import userfaultfd as uffd
@@ -62,6 +64,12 @@ class Stats:
     """Worker time spent fetching and decompressing (summed over worker threads)."""
     install_seconds: float
     """Worker time spent in ``UFFDIO_COPY``."""
+    private_bytes: int = 0
+    """Bytes written in lazy copies (``a.copy()``, ``mode="c"``), which copied those pages into
+    this process: a copy's own, or for the array all its live copies' in this process. They are
+    the process's memory, outside ``max_resident`` and never evicted."""
+    copies: int = 0
+    """Live lazy copies of the array in this process."""
 
     @property
     def seconds(self) -> float:
@@ -112,18 +120,59 @@ class LazyArray(np.ndarray):
     def __reduce__(self) -> Any:
         # By reference: the URL and where this view lies in the array, a few hundred bytes. The
         # other process opens the URL lazily itself (spawn, forkserver, another machine).
+        # A view unpickled in this same process (dask's scheduler in the client, a local submit)
+        # maps the memory this one has (see reopened.remember).
         handle = self._lazy
-        if handle is None:
+        if handle is None or (handle.copy is not None and handle.copy.written_under(self)):
+            # A view of a copy with pages written: its data (a reference would lose the writes).
             return np.array(self, copy=True).view(np.ndarray).__reduce__()
-        offset = self.ctypes.data - handle.base_address
-        return (_rebuild, (handle.url, handle.storage_options, handle.open_options,
-                           self.dtype, self.shape, self.strides, offset))
+        if handle.copy is None:
+            from .reopened import remember
 
-    def __deepcopy__(self, memo: Any) -> np.ndarray:
-        return np.array(self, copy=True).view(np.ndarray)
+            remember(self, handle, handle.url, handle.storage_options, handle.open_options)
+        offset = self.ctypes.data - handle.base_address
+        args = (handle.url, handle.storage_options, handle.open_options, self.dtype, self.shape, self.strides, offset)
+        return (cow.rebuild_copy if handle.copy is not None else _rebuild, args)
+
+    # --- copies: lazy and writeable where they can be (see lazymem.cow) --------------------------
+    def copy(self, order: str = "C") -> np.ndarray:  # type: ignore[override]
+        """``ndarray.copy``: a writeable copy whose writes stay private.
+
+        A contiguous array or view copied in its own memory order is a *lazy* copy (a
+        ``LazyArray``): it costs nothing until read, loads through the array's shared cache, and
+        only the pages written become this process's memory. Other copies are numpy's eager ones
+        (plain ndarrays). See the README, "Writable copies (copy-on-write)".
+        """
+        return cow.copy_of(self, order)
 
     def __copy__(self) -> np.ndarray:
-        return np.array(self, copy=True).view(np.ndarray)
+        return cow.copy_of(self, "K")
+
+    def __deepcopy__(self, memo: Any) -> np.ndarray:
+        return cow.copy_of(self, "K")
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        # np.copy reaches the subclass only here (np.array(a, copy=True) never does: it copies in C).
+        if func is np.copy and args and args[0] is self and self._lazy is not None:
+            order = kwargs.get("order", args[1] if len(args) > 1 else "K")
+            return cow.copy_of(self, order)
+        return super().__array_function__(func, types, args, kwargs)
+
+    def astype(self, dtype: Any, order: Any = "K", casting: Any = "unsafe", subok: bool = True,  # type: ignore[override]
+               copy: bool = True) -> np.ndarray:
+        # Another dtype is a computed result: a plain ndarray (as arithmetic); the same dtype is a copy.
+        if copy and np.dtype(dtype) == self.dtype and self._lazy is not None:
+            return cow.copy_of(self, order)
+        result = super().astype(dtype, order=order, casting=casting, subok=subok, copy=copy)
+        if type(result) is LazyArray and result._lazy is None:
+            return result.view(np.ndarray)
+        return result
+
+    def resize(self, *new_shape: Any, refcheck: bool = True) -> None:  # type: ignore[override]
+        if self._lazy is not None:
+            raise ValueError("cannot resize a lazily loaded array (or a lazy copy of one) in place: its memory is "
+                             "a mapping of the array's cache. Use np.resize(a, shape), or resize np.array(a)")
+        super().resize(*new_shape, refcheck=refcheck)
 
     # --- lazymem extras ---------------------------------------------------------------------------
     @property
@@ -173,6 +222,9 @@ class LazyArray(np.ndarray):
         if handle is None or handle.closed:
             return
         handle.closed = True
+        if handle.copy is not None:  # a lazy copy: its own pages only, not the array's cache
+            handle.copy.close()
+            return
         if not handle.region.closed:
             handle.region.request("evict", chunks=None, seal=True)
 
@@ -210,19 +262,29 @@ class _Handle:
     storage_options: dict[str, Any] | None
     open_options: dict[str, Any]
     closed: bool = False  # LazyArray.close() was called
+    keep: Any = None  # the region's buffer: lazy copies keep it (and so the region) alive
+    copy: cow.PrivateView | None = None  # set in the handle of a lazy copy: its private mapping
+
+    def for_copy(self, view: cow.PrivateView) -> _Handle:
+        return dataclasses.replace(self, base_address=view.address, copy=view, closed=False)
 
 
 def _rebuild(url: str, storage_options: dict[str, Any] | None, open_options: dict[str, Any],
              dtype: np.dtype, shape: tuple[int, ...], strides: tuple[int, ...], offset: int) -> LazyArray:
-    """Unpickle a LazyArray (or a view of one): open the URL lazily and take the same view."""
-    whole = open(url, storage_options=storage_options, **open_options)
-    if not isinstance(whole, LazyArray):  # a plain local .npy pickles as a MappedArray, not here
-        raise TypeError(f"{url} is no longer a compressed array")
-    if whole._lazy is None:  # an empty array
+    """Unpickle a LazyArray (or a view of one): take the same view of the URL, opened lazily once
+    per process (see :mod:`lazymem.reopened`), and keep readahead inside it (what a task that
+    received it will read)."""
+    from .reopened import open_whole
+
+    opened = open_whole(url, storage_options, open_options)
+    if opened is None:  # an empty array
         return np.ndarray.__new__(LazyArray, shape, dtype)
-    flat = whole.view(np.ndarray).reshape(-1, order="A").view(np.uint8)  # memory order, no copy
+    flat, handle, received = opened
     view = np.ndarray.__new__(LazyArray, shape, dtype, buffer=flat, offset=offset, strides=strides)
-    view._lazy = whole._lazy
+    view._lazy = handle
+    if received and view.size and not _is_whole(view, handle):
+        low, high = getattr(np.lib, "array_utils", np).byte_bounds(np.asarray(view))
+        handle.region.request("readahead_extent", start=low - handle.base_address, stop=high - handle.base_address)
     return view
 
 
@@ -332,6 +394,7 @@ def open(
     max_resident: int | str | None = None,
     max_in_flight: int | None = None,
     huge_pages: bool | None = None,
+    mode: str = "r",
 ) -> LazyArray | MappedArray:
     """Open a compressed array lazily.
 
@@ -374,6 +437,10 @@ def open(
         :class:`HugePagesUnavailableError`), so ``max_resident`` does not apply; chunks become a
         multiple of the huge page size. Default: ``$LAZYMEM_HUGE_PAGES`` (``1`` turns it on), else
         off.
+    mode : {"r", "c"}, optional
+        ``"r"`` (default): read-only. ``"c"``: copy-on-write, as ``numpy.memmap``'s mode: a
+        writeable array whose writes stay in this process, still lazy (the same as
+        ``open(url).copy()``; see the README, "Writable copies (copy-on-write)").
 
     Returns
     -------
@@ -384,6 +451,8 @@ def open(
         ``close`` and :func:`stats` (the kernel's own mmap is the better tool there). Remote
         ``.npy`` files load lazily by range.
     """
+    if mode not in ("r", "c"):
+        raise ValueError(f"mode must be one of {('r', 'c')!r} (got {mode!r})")
     if isinstance(chunk_bytes, str):
         chunk_bytes = parse_size(chunk_bytes)
     url = absolute_url(url)  # pickled by URL: a worker in another directory must find it too
@@ -398,12 +467,14 @@ def open(
         if reader.format_name == "npy" and reader.storage.is_local and reader.header.nbytes:
             # An uncompressed local .npy: the kernel's own page cache and mmap beat anything we could
             # do (no fault round trips, readahead for free). Same read-only ndarray contract.
+            if mode == "c":  # the kernel's own copy-on-write file mapping: numpy's memmap mode "c"
+                return np.load(reader.path, mmap_mode="c")  # type: ignore[no-any-return]
             return map_npy(reader.path, url)  # type: ignore[return-value]
     # From here on only the source interface: what the monitor serves is a Source.
     nbytes, shape, dtype, order = source.nbytes, source.shape, source.dtype, source.order
     if nbytes == 0:
         empty = np.ndarray.__new__(LazyArray, shape, dtype, order=order)
-        empty.flags.writeable = False
+        empty.flags.writeable = mode == "c"
         return empty
     budget = parse_size(max_resident) if max_resident is not None else default_max_resident()
     huge_page = _huge_page_size(huge_pages)
@@ -429,7 +500,9 @@ def open(
     arr = np.ndarray.__new__(LazyArray, shape, dtype, buffer=flat, order=order)
     arr._lazy = _Handle(region, url, chunk_size, region.address, storage_options,
                         {"chunk_bytes": chunk_bytes, "readahead": readahead, "max_resident": max_resident,
-                         "max_in_flight": max_in_flight, "huge_pages": huge_pages, "path": path})
+                         "max_in_flight": max_in_flight, "huge_pages": huge_pages, "path": path}, keep=buffer)
+    if mode == "c":  # a LazyArray; numpy's eager copy only if a huge-page copy finds the pool short
+        return cow.copy_of(arr, "K", always=True)  # type: ignore[return-value]
     return arr
 
 
@@ -459,7 +532,11 @@ def stats(arr: np.ndarray) -> Stats:
         return _mapped_stats(arr)
     if not isinstance(arr, LazyArray) or arr._lazy is None:
         raise TypeError("lazymem.stats needs an array returned by lazymem.open (or a view of one)")
-    raw = arr._handle().region.request("stats")
+    handle = arr._handle()
+    raw = handle.region.request("stats")
+    copies = [handle.copy] if handle.copy is not None else list(handle.region.copies)
+    raw["private_bytes"] = sum(view.written_bytes() for view in copies)
+    raw["copies"] = len(handle.region.copies)
     names = {f.name for f in fields(Stats)}
     return Stats(**{k: v for k, v in raw.items() if k in names})
 

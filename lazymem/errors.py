@@ -72,3 +72,16 @@ class UnsupportedStorageError(LazymemError, ValueError):
 
 class UnverifiableDataWarning(UserWarning):
     """The data cannot be checked against corruption (its zstd frames carry no content checksums)."""
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside lazymem (for a
+    ``warnings.warn`` in the function calling this): the user's line, however deep the call."""
+    import os
+    import sys
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    return level

@@ -58,6 +58,7 @@ class Region:
         self.closed = False
         self._lock = threading.Lock()
         self._description: dict[str, Any] | None = None  # as announced: to hand to a new monitor
+        self.copies: set[Any] = set()  # live lazy copies (cow.PrivateView) served through this region
         try:
             os.ftruncate(self.memfd, self.length)
             self.address = self._map()

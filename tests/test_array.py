@@ -108,7 +108,8 @@ def test_views_results_and_flags(field) -> None:
     assert type(a.sum()) is np.float32
     assert type(a.copy()) is np.ndarray or not np.may_share_memory(a.copy(), a)
     assert type(a[[1, 2, 3]]) is np.ndarray and np.array_equal(a[[1, 2, 3]], src[[1, 2, 3]])
-    assert type(copy.deepcopy(a)) is np.ndarray and np.array_equal(copy.deepcopy(a), src)
+    deep = copy.deepcopy(a)  # a lazy, writeable copy since issue 14 (tests/test_cow.py)
+    assert deep.flags.writeable and not np.may_share_memory(deep, a) and np.array_equal(deep, src)
     assert np.array_equal(pickle.loads(pickle.dumps(a[5:9])), src[5:9])
     with pytest.raises(TypeError):
         lazymem.stats(src)

@@ -94,13 +94,17 @@ class MonitorClient:
         self._new_userfaultfd()
         self._init_restarts(parent.workers)
         self.control = parent.control  # SEQPACKET messages are atomic: parent and child can share it
+        regions = _copies_last(regions)
+        arrays = [region for region in regions if not _is_copy(region)]
+        copies = [(region.region_id, region.carrier.region_id, region.address)
+                  for region in regions if _is_copy(region)]
         try:
             for region in regions:
                 region.remap_in_child(self)
             try:
                 self._hello()
                 gone = self.request("fork", client=self.uffd_key, parent=parent.uffd_key,
-                                    region_ids=[region.region_id for region in regions])
+                                    region_ids=[region.region_id for region in arrays], copies=copies)
                 for region in regions:  # released by the parent after the fork: garbage here too
                     if region.region_id in (gone or ()):
                         region.forget_in_child()
@@ -281,7 +285,7 @@ class MonitorClient:
                     error: Exception = exc
                 else:
                     try:
-                        for region in live_regions():
+                        for region in _copies_last(live_regions()):  # a copy is served through its array
                             if region.client is self:
                                 region.announce_again(control)
                         break
@@ -387,6 +391,16 @@ class MonitorClient:
 
 _ATTEMPTS = 8
 _RESTART_ATTEMPTS = 5
+
+
+def _is_copy(region: Any) -> bool:
+    """A lazy copy (``cow.PrivateView``) rather than an array's region."""
+    return getattr(region, "carrier", None) is not None
+
+
+def _copies_last(regions: list[Any]) -> list[Any]:
+    """The monitor serves a lazy copy through its array's region: hand it the arrays first."""
+    return sorted(regions, key=_is_copy)
 
 
 def _hung_up(sock: socket.socket) -> bool:

@@ -176,6 +176,8 @@ class _CopyInstall:
             if wake and a <= fault_at < b:
                 job.woken = True
                 uffd.wake(region.client.uffd, self.target + a, b - a)
+                for other in list(job.others):  # a lazy copy's reader (or a clone's) re-faults onto the cache
+                    other.wake(self.offset + a, b - a)
 
     def _first_frames_done(self, buf: Buffer, lo: int, hi: int) -> None:
         """The frames holding the faulting reader's page are decoded and verified (the source's

@@ -75,6 +75,10 @@ class ServedRegion:
     sealed: bool = False  # LazyArray.close(): nothing loads any more, a touch gets SIGBUS
     trip: Trip | None = None  # the page held back from a unit read ahead (see installer.Trip)
     fetches: FetchSlots = field(default_factory=lambda: FetchSlots(None))  # max_in_flight
+    # A lazy copy (the memfd mapped MAP_PRIVATE in the client, see lazymem.cow) is served through
+    # its carrier, the array's shared mapping in the same client: units install there (the page
+    # cache), then the copy's readers are woken and map the cached pages.
+    carrier: ServedRegion | None = None
 
     def __post_init__(self) -> None:
         self.grid = UnitGrid(self.nbytes, self.unit_bytes)
@@ -84,6 +88,17 @@ class ServedRegion:
             self.source.limit_cache(self.budget)
             self.resident_set.held = self.source.cached_bytes
         self.readahead = Readahead(self.readahead_max, self.nunits)
+
+    @property
+    def installer(self) -> ServedRegion:
+        """The region whose mapping units are installed into for this one's faults."""
+        return self.carrier or self
+
+    def serve_through(self, carrier: ServedRegion) -> None:
+        """Be a lazy copy of ``carrier``: its counters and readahead window are this copy's too
+        (``lazymem.stats`` asks the array; eviction protects the unit either one reads)."""
+        self.carrier = carrier
+        self.stats, self.readahead = carrier.stats, carrier.readahead
 
     def share(self, holder: ServedRegion) -> None:
         """Serve the same memfd as ``holder`` (a forked clone): one set of unit states, jobs,
@@ -173,6 +188,8 @@ class ServedRegion:
     def map_present(self, offset: int, span: int) -> None:
         """Map pages the memfd holds already into this client (zero-copy regions: MINOR mode,
         the page cache has them but this process's mapping may not) and wake its readers."""
+        if self.closed:  # the app may have mapped something else there since
+            return
         if self.shared_address:
             try:
                 uffd.continue_range(self.client.uffd, self.start + offset, span)

@@ -185,16 +185,19 @@ class Monitor:
                 pass
             return
         unit, within = divmod(address - region.start, region.unit_bytes)
-        if region.sealed:
+        installer = region.installer  # itself, or for a lazy copy the array's shared mapping
+        if region.sealed or installer.sealed:
             touched_after_close(region, unit)
             return
         with region.lock:
             region.stats.faults += 1
             state = region.units[unit]
             region.resident_set.touched(unit)
-            trip = region.trip
+            trip = installer.trip
             if trip is not None and trip.unit == unit and within < region.page_size:
-                spring(region, trip)
+                spring(installer, trip)
+                if installer is not region:
+                    region.wake(unit * region.unit_bytes, region.page_size)
                 self._read_ahead(region, unit, sequential=True)
                 return
             if state == PRESENT and region.page_present(address - region.start):
@@ -206,13 +209,15 @@ class Monitor:
             elif state == PENDING:
                 job = region.jobs[unit]
                 if job.region is not region:
-                    job.others.add(region)  # a clone's thread waits for another clone's install
-                elif job.fault_at < 0:
+                    job.others.add(region)  # a clone's (or a copy's) thread waits for another's install
+                if job.fault_at < 0 and job.region is installer:  # same client, same layout
                     job.fault_at = within
                 self.scheduler.hurry(job, DEMAND)
             else:
-                job = new_job(region, unit, DEMAND)
+                job = new_job(installer, unit, DEMAND)
                 job.fault_at = within
+                if installer is not region:
+                    job.others.add(region)
                 self.scheduler.put(job)
             self._read_ahead(region, unit)
 
@@ -222,13 +227,13 @@ class Monitor:
         for ahead in region.readahead.on_fault(unit, sequential=sequential):
             if region.units[ahead] == ABSENT:
                 region.stats.readahead_chunks += 1
-                job = new_job(region, ahead, READAHEAD)
+                job = new_job(region.installer, ahead, READAHEAD)
                 new.append(job)
                 self.scheduler.put(job)
         # The first new unit of a window of several is the tripwire: when the reader gets there,
         # the rest of the window is still ahead of it while the next one is fetched. Not with zero
         # copy (no page held back from a memfd write) nor across clones (one held page, many readers).
-        if len(new) >= 2 and region.trip is None and not region.shared_address and len(
+        if len(new) >= 2 and region.installer.trip is None and not region.shared_address and len(
                 self.groups.get(region.group, ())) <= 1:
             new[0].trip = True
 
@@ -320,7 +325,8 @@ class Monitor:
             self.poller.register(pidfd, select.POLLIN)
         os.write(self.wakeup_w, b"x")
 
-    def _op_fork(self, *, client: int, parent: int, region_ids: list[int]) -> list[int]:
+    def _op_fork(self, *, client: int, parent: int, region_ids: list[int],
+                 copies: list[tuple[int, int, int]] | None = None) -> list[int]:
         """A forked child mapped the parent's memfds at the same addresses and registered them with
         its own userfaultfd: serve them like the parent's, sharing source and installed units.
 
@@ -341,7 +347,34 @@ class Monitor:
             self.regions[(client, region_id)].sealed = original.sealed  # closed before the fork
             if self.journal:
                 self.journal.record("region", spec, (memfd,))
+        # Lazy copies (inherited mappings, registered again by the child) of the arrays it kept:
+        # (copy id, its array's region id, address).
+        for copy_id, carrier_id, start in copies or ():
+            if (client, carrier_id) in self.regions:
+                self._op_copy(client=client, region_id=carrier_id, copy_id=copy_id, start=start)
+            else:
+                gone.append(copy_id)
         return gone
+
+    def _op_copy(self, *, client: int, region_id: int, copy_id: int, start: int, restore: bool = False) -> None:
+        """Serve a lazy copy of the region (see lazymem.cow): the client mapped its memfd again,
+        MAP_PRIVATE at ``start``, and registered it with its userfaultfd. ``restore``: handed over
+        after a dead monitor (see ``_op_register``); its readers may wait on unanswered faults."""
+        with self.lock:
+            carrier = self.regions.get((client, region_id))
+            known = (client, copy_id) in self.regions  # a retried request (a restart in between)
+            memfd = os.dup(carrier.memfd) if carrier is not None and not known else -1
+        if known:
+            return
+        if carrier is None:
+            raise MonitorError(f"unknown array {region_id} (a lazy copy of it was asked for)")
+        spec = {**carrier.spec, "region_id": copy_id, "start": start, "private_of": region_id,
+                "group": carrier.group}
+        self._add_region(memfd, spec)
+        if self.journal:
+            self.journal.record("region", spec, (memfd,))
+        if restore:
+            self._region(client, copy_id).wake(0, spec["length"])
 
     def _client(self, key: int) -> Client:
         client = self.clients.get(key)
@@ -372,6 +405,12 @@ class Monitor:
         if key in self.regions:  # a retried register: the first one landed before a restart
             os.close(memfd)
             return
+        if spec.get("private_of") is not None:
+            carrier = self.regions.get((spec["client"], spec["private_of"]))
+            if carrier is None:
+                os.close(memfd)
+                raise MonitorError(f"unknown array {spec['private_of']} (a lazy copy of it was asked for)")
+            region.serve_through(carrier)
         if spec.get("zero_copy"):
             region.map_shared()
         group = tuple(spec.get("group") or key)
@@ -454,6 +493,13 @@ class Monitor:
         stats["chunks_total"] = region.nunits
         stats["chunk_bytes"] = region.unit_bytes
         return stats
+
+    def _op_readahead_extent(self, *, client: int, region_id: int, start: int, stop: int) -> None:
+        """The app received a view of bytes ``[start, stop)`` by reference (see
+        ``readahead.Readahead.add_extent``). Not journaled: a new monitor reads ahead unclipped."""
+        region = self._region(client, region_id)
+        with region.lock:
+            region.readahead.add_extent(start // region.unit_bytes, (max(stop, start + 1) - 1) // region.unit_bytes)
 
     @staticmethod
     def _settle(region: ServedRegion) -> None:

@@ -172,6 +172,8 @@ def open_array_source(url: str, path: str | None = None,
         try:
             return _zarr_source(url, path, storage_options)
         except ArrayNotFoundError:
+            if path is not None:
+                raise  # the store's own message: the arrays there are
             assert probe.missing is not None
             raise probe.missing from None
     for fmt in FILE_FORMATS:

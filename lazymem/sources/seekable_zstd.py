@@ -29,6 +29,7 @@ from lazymem.errors import (
     SeekTableError,
     TruncatedFileError,
     UnverifiableDataWarning,
+    user_stacklevel,
 )
 from lazymem.storage import StoredObject
 
@@ -640,7 +641,7 @@ class SeekableZstdReader(FramedSource):
                 "cannot be detected (it may decode to other values). Files written by lazymem.save always "
                 "carry checksums; pyzstd writes them with level_or_option={CParameter.checksumFlag: 1}.",
                 UnverifiableDataWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
         return self
 
@@ -831,7 +832,7 @@ class SeekableZstdReader(FramedSource):
                 f"{self.path}: frame {index} carries no content checksum (its first frame did), so corruption "
                 "of its stored bytes cannot be detected; other frames may lack one too",
                 UnverifiableDataWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
 
     # -- proving where frames lie (see positions) -----------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArrayNotFoundError, CorruptChunkError, FetchError, FormatError, LazymemError
+from . import zarr_meta
 from .base import Order, SourceHints
 from .boxes import box_shape
 from .chunk_grid import ChunkGridSource, ChunkRead
@@ -61,6 +62,7 @@ def list_zarr(url: str, storage_options: dict[str, Any] | None = None) -> Any:
     from .formats import ArrayInfo, Listing
 
     zarr = _zarr()
+    zarr_meta.check_group(url, storage_options)  # before zarr parses (and instantiates) any codec
     try:
         group = zarr.open_group(store=url, mode="r", **_store_options(url, storage_options))
         arrays = {name: ArrayInfo(tuple(int(n) for n in node.shape), np.dtype(node.dtype), dict(node.attrs),
@@ -83,30 +85,14 @@ class ZarrSource(ChunkGridSource):
         self._open()
 
     def _open(self) -> None:
-        zarr = _zarr()
-        kwargs: dict[str, Any] = {"mode": "r"}
-        if self.path:
-            kwargs["path"] = self.path
-        if self.storage_options and "://" in self.url:
-            kwargs["storage_options"] = self.storage_options
-        try:
-            try:
-                self.array = zarr.open_array(store=self.url, **kwargs)
-            except ValueError:
-                if self.path:
-                    raise
-                self.path = self._only_array(zarr)  # a group: its one array, or an error naming them
-                self.array = zarr.open_array(store=self.url, **kwargs, path=self.path)
-        except FileNotFoundError as exc:
-            where = f" at {self.path}" if self.path else ""
-            raise ArrayNotFoundError(f"{self.url}: no zarr array{where} ({exc})") from exc
-        except (ValueError, TypeError, KeyError) as exc:  # zarr's own metadata errors derive from these
-            raise FormatError(f"{self.url}: not a readable zarr array ({type(exc).__name__}: {exc})") from exc
+        # zarr_meta: raw metadata checked before zarr parses it (no codec instantiated unchecked).
+        self.path, self.array, self._zarr_doc = zarr_meta.open_checked_array(
+            self.url, self.path, self.storage_options, getattr(self, "_zarr_doc", None))
         dtype = np.dtype(self.array.dtype)
         if dtype.hasobject:
             raise FormatError(f"{self.url}: zarr dtype {dtype} holds Python objects, not fixed-size data")
         self._dtype = dtype
-        self._observe(zarr)
+        self._observe(_zarr())
 
     def _observe(self, zarr: Any) -> None:
         """The array again, over its store seen through :class:`ObservedStore` (no new request):
@@ -143,7 +129,8 @@ class ZarrSource(ChunkGridSource):
 
     def __getstate__(self) -> dict[str, Any]:
         # Reopened in the other process: zarr arrays hold event loops and stores that need not pickle.
-        return {"url": self.url, "path": self.path, "storage_options": self.storage_options}
+        return {"url": self.url, "path": self.path, "storage_options": self.storage_options,
+                "_zarr_doc": self._zarr_doc}  # checked again, not fetched again (zarr_meta)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -254,3 +241,6 @@ class ZarrSource(ChunkGridSource):
                     pool = ThreadPoolExecutor(workers, thread_name_prefix="lazymem-zarr")
                     self.__dict__["_pool"] = (os.getpid(), pool)
         return pool
+
+    def describe(self) -> dict[str, Any]:
+        return zarr_meta.describe_array(self)

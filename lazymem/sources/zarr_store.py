@@ -31,6 +31,8 @@ import numpy as np
 from zarr.abc.store import RangeByteRequest, SuffixByteRequest
 from zarr.storage import WrapperStore
 
+from ..errors import CorruptChunkError
+
 MISSING_ENTRY = 2**64 - 1
 """An index entry's offset and size for an inner chunk that is not stored."""
 INDEXES_KEPT = 4096
@@ -79,6 +81,12 @@ class ShardLayout:
                 byte_range.end == self.index_bytes
         return isinstance(byte_range, SuffixByteRequest) and byte_range.suffix == self.index_bytes
 
+    def check_entry(self, key: str, byte_range: RangeByteRequest) -> None:
+        """An inner chunk's range (from the index) must not overlap an index at the shard's start."""
+        if self.at_start and byte_range.start < self.index_bytes and not self.is_index_request(byte_range):
+            raise CorruptChunkError(f"shard {key}: its index places an inner chunk at bytes "
+                                    f"{byte_range.start}..{byte_range.end}, inside the index itself")
+
     def entry(self, index: bytes, local: tuple[int, ...]) -> tuple[int, int] | None:
         """``(offset, nbytes)`` of the inner chunk at ``local`` (its place in the shard), or None if
         the index is too short to say (zarr raises on it when decoding)."""
@@ -108,8 +116,15 @@ class ObservedStore(WrapperStore[Any]):
     async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
         if self.shards is not None and self.shards.is_index_request(byte_range):
             return await self._index(key, prototype, byte_range)
+        if self.shards is not None and isinstance(byte_range, RangeByteRequest):
+            self.shards.check_entry(key, byte_range)
         value = await self._store.get(key, prototype, byte_range)
         self._book(key, value)
+        if self.shards is not None and isinstance(byte_range, RangeByteRequest):
+            got = 0 if value is None else len(value)
+            if got != byte_range.end - byte_range.start:  # the shard ends before its index says
+                raise CorruptChunkError(f"shard {key}: its index places an inner chunk at bytes "
+                                        f"{byte_range.start}..{byte_range.end}, the shard holds {got} of them")
         if value is not None and byte_range is None and self.shards is not None:
             size = self.shards.index_bytes  # a whole shard: its index comes with it
             if len(value) >= size:
