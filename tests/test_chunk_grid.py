@@ -414,3 +414,10 @@ def test_an_element_cut_by_a_unit_boundary_is_taken_by_both_units(chunks: tuple[
     got = {u: read_units(source, [u], PAGE_SIZE) for u in units}
     assert b"".join(got[u] for u in range(len(grid))) == data.tobytes()
     assert source.cached_bytes() == 0 and set(source.decodes.values()) == {1}
+
+
+def test_a_budget_keeps_a_few_units() -> None:
+    source = BlockSource(np.zeros((2048, 3072)), (64, 3072))  # 48 MiB: whole 16 MiB units by default
+    assert source.default_unit_bytes() == 16 << 20
+    assert source.unit_bytes_within(4 << 20) == 1 << 20 and source.unit_bytes_within(1 << 30) == 16 << 20
+    assert source.unit_bytes_within(1000) == PAGE_SIZE

@@ -187,6 +187,14 @@ class ChunkGridSource(Source):
         _UNIT_SIZES[key] = unit
         return unit
 
+    def unit_bytes_within(self, budget: int) -> int:
+        """:meth:`default_unit_bytes`, at most a quarter of the budget (a power-of-two page
+        multiple): a unit larger than the budget would make ``max_resident`` meaningless."""
+        unit = PAGE_SIZE
+        while unit * 2 <= budget // 4:
+            unit *= 2
+        return min(self.default_unit_bytes(), unit)
+
     def _touch_cost(self, unit_bytes: int, limit: float = math.inf, samples: int = 12) -> float:
         """The most decoded chunk bytes one unit of ``unit_bytes`` meets, over units spread
         through the array and the unit straddling the first band boundary (where a unit meets
