@@ -76,13 +76,13 @@ class Stats:
         return self.fetch_seconds + self.install_seconds
 
 
-def _choose_chunk_bytes(source: Source, requested: int | None) -> int:
-    """Install unit: as requested, else the source's choice."""
+def _choose_chunk_bytes(source: Source, requested: int | None, budget: int | None = None) -> int:
+    """Install unit: as requested, else the source's choice (within the budget, if one binds)."""
     if requested is not None:
         if requested <= 0 or requested % PAGE_SIZE:
             raise ValueError(f"chunk_bytes must be a positive multiple of {PAGE_SIZE} (got {requested!r})")
         return requested
-    return source.default_unit_bytes()
+    return source.default_unit_bytes() if budget is None else source.unit_bytes_within(budget)
 
 
 class LazyArray(np.ndarray):
@@ -488,7 +488,7 @@ def open(
     budget = parse_size(max_resident) if max_resident is not None else default_max_resident()
     huge_page = _huge_page_size(huge_pages)
     client = get_client()
-    chunk_size = _choose_chunk_bytes(source, chunk_bytes)
+    chunk_size = _choose_chunk_bytes(source, chunk_bytes, budget if budget < nbytes else None)
     if huge_page:
         if chunk_bytes is not None and chunk_bytes % huge_page:
             raise ValueError(f"with huge pages, chunk_bytes must be a multiple of {huge_page} (got {chunk_bytes})")

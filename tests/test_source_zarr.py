@@ -56,6 +56,25 @@ class TestV3ShardedWithMissingChunks(SourceTests):
         return ZarrSource(str(tmp_path / "s.zarr"))
 
 
+class TestV3ShardIndexAtStartWithMissingInnerChunks(SourceTests):
+    """The index before the inner chunks; missing inner chunks (index entries 2^64-1) and a fill of 0."""
+
+    @pytest.fixture
+    def expected(self, source: ZarrSource, tmp_path: Path) -> np.ndarray:
+        return _expected(tmp_path / "st.zarr")
+
+    @pytest.fixture
+    def source(self, tmp_path: Path) -> ZarrSource:
+        codecs = zarr.codecs
+        z = zarr.create_array(store=str(tmp_path / "st.zarr"), shape=(120, 2100), dtype="<f8", chunks=(8, 300),
+                              shards=(24, 900), fill_value=0, compressors=None,
+                              serializer=codecs.ShardingCodec(chunk_shape=(8, 300), index_location="start",
+                                                              codecs=[codecs.BytesCodec(), codecs.GzipCodec()]))
+        z[10:30, 200:1000] = np.linspace(0, 1, 20 * 800).reshape(20, 800)
+        z[100:, 2000:] = -1.5
+        return ZarrSource(str(tmp_path / "st.zarr"))
+
+
 class TestV2FortranOrder(SourceTests):
     @pytest.fixture
     def expected(self, source: ZarrSource, tmp_path: Path) -> np.ndarray:
@@ -65,6 +84,21 @@ class TestV2FortranOrder(SourceTests):
     def source(self, tmp_path: Path) -> ZarrSource:
         _write(tmp_path / "f.zarr", FIELD[:, :, 0].astype(">f8"), chunks=(16, 12), zarr_format=2, order="F")
         return ZarrSource(str(tmp_path / "f.zarr"))
+
+
+class TestV2FortranOrderFillAndMissingChunks(SourceTests):
+    """A fill value that is not zero: chunks lying wholly in a unit are decoded in their place."""
+
+    @pytest.fixture
+    def expected(self, source: ZarrSource, tmp_path: Path) -> np.ndarray:
+        return np.asfortranarray(_expected(tmp_path / "ff.zarr"))
+
+    @pytest.fixture
+    def source(self, tmp_path: Path) -> ZarrSource:
+        z = zarr.create_array(store=str(tmp_path / "ff.zarr"), shape=(300, 41), dtype="<f4", chunks=(64, 4),
+                              zarr_format=2, order="F", fill_value=-1.0)
+        z[:200, 5:30] = np.arange(200 * 25, dtype="<f4").reshape(200, 25)
+        return ZarrSource(str(tmp_path / "ff.zarr"))
 
 
 class TestV2OddItemSize(SourceTests):

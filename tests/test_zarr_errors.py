@@ -369,25 +369,21 @@ def _lying_shard(tmp_path: Path, location: str, lie: str) -> Path:
     return store
 
 
-OPEN_HOLE = pytest.mark.xfail(strict=True, reason=(
-    "not checked yet, also with the N-d engine: an entry past the shard's end reads as a missing inner chunk "
-    "(the fill value), and one pointing into the index at the start decodes the index as data; remove this "
-    "mark when the shard reader checks entries against the shard's size and its index"))
 BEFORE_ENGINE = pytest.mark.xfail(not ENGINE_LANDED, strict=True,
                                   reason="load lets zarr's own exception out, untyped, until the N-d engine")
 LIES = [
-    pytest.param("end", "past the end", marks=OPEN_HOLE),
-    pytest.param("start", "past the end", marks=OPEN_HOLE),
+    ("end", "past the end"),
+    ("start", "past the end"),
     ("end", "overlapping the index"),
-    pytest.param("start", "overlapping the index", marks=OPEN_HOLE),
+    ("start", "overlapping the index"),
     ("end", "wrong length"),
     ("start", "wrong length"),
 ]
 LOAD_LIES = [
-    pytest.param("end", "past the end", marks=OPEN_HOLE),
-    pytest.param("start", "past the end", marks=OPEN_HOLE),
+    ("end", "past the end"),
+    ("start", "past the end"),
     pytest.param("end", "overlapping the index", marks=BEFORE_ENGINE),
-    pytest.param("start", "overlapping the index", marks=OPEN_HOLE),
+    ("start", "overlapping the index"),
     pytest.param("end", "wrong length", marks=BEFORE_ENGINE),
     pytest.param("start", "wrong length", marks=BEFORE_ENGINE),
 ]

@@ -14,9 +14,10 @@ from collections.abc import Callable
 
 
 class ResidentSet:
-    def __init__(self, budget: int | None, chunk_size: int) -> None:
+    def __init__(self, budget: int | None, chunk_size: int, held: Callable[[], int] = lambda: 0) -> None:
         self.budget = budget
         self.chunk_size = chunk_size
+        self.held = held  # bytes the source keeps beside the units (decoded chunks): in the budget too
         self._order: OrderedDict[int, int] = OrderedDict()  # chunk -> resident bytes, oldest first
         self.in_flight = 0  # bytes being installed right now (resident soon)
 
@@ -42,7 +43,7 @@ class ResidentSet:
         """
         if self.budget is None:
             return []
-        excess = self.resident + in_flight + incoming - self.budget
+        excess = self.resident + in_flight + incoming + self.held() - self.budget
         chosen: list[int] = []
         for chunk, nbytes in self._order.items():
             if excess <= 0:

@@ -84,6 +84,9 @@ class ServedRegion:
         self.grid = UnitGrid(self.nbytes, self.unit_bytes)
         self.units = UnitStates(self.nunits)
         self.resident_set = ResidentSet(self.budget, self.unit_bytes)
+        if isinstance(self.source, Source):  # a source's decoded-chunk cache lives within the budget
+            self.source.limit_cache(self.budget)
+            self.resident_set.held = self.source.cached_bytes
         self.readahead = Readahead(self.readahead_max, self.nunits)
 
     @property

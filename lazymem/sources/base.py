@@ -195,6 +195,11 @@ class Source(ABC):
             before (``on_urgent``) was wrong, and the caller poisons or raises.
         """
 
+    def unit_bytes_within(self, budget: int) -> int:
+        """The install unit for an array held within ``budget`` bytes (``max_resident``): by
+        default :meth:`default_unit_bytes`; sources free to choose keep a few units in it."""
+        return self.default_unit_bytes()
+
     def cached_bytes(self) -> int:
         """Decoded bytes the source keeps between units in this process (parts of chunks that
         units not read yet need): the monitor counts them in the array's budget."""

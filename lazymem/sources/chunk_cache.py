@@ -26,6 +26,10 @@ from typing import Any, Generic, TypeVar
 K = TypeVar("K", bound=Hashable)
 
 
+RELEASED = object()
+"""What a waiter gets for a chunk its claimer gave up without an error of the chunk's own."""
+
+
 @dataclass
 class _Entry:
     value: Any
@@ -89,6 +93,23 @@ class ChunkCache(Generic[K]):
             futures = [self._pending.pop(key) for key in keys if key in self._pending]
         for future in futures:
             future.set_exception(error)
+
+    def used_up(self, key: K) -> None:
+        """A claimed chunk was decoded straight into the one unit that needs it: nothing to keep
+        (a waiter, which cannot be, would decode it itself)."""
+        with self._lock:
+            future = self._pending.pop(key, None)
+            self.decoded += 1
+        if future is not None:
+            future.set_result(RELEASED)
+
+    def release(self, keys: Iterable[K]) -> None:
+        """Claimed chunks will not be decoded by their claimer (it failed for its own reasons):
+        their waiters get ``RELEASED`` and decode them themselves."""
+        with self._lock:
+            futures = [self._pending.pop(key) for key in keys if key in self._pending]
+        for future in futures:
+            future.set_result(RELEASED)
 
     def consumed(self, key: K, elements: int) -> None:
         """A unit took ``elements`` of a cached chunk: drop it once nothing of it is left."""

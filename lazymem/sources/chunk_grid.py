@@ -42,7 +42,7 @@ import numpy as np
 from ..errors import CorruptChunkError, FormatError, LazymemError
 from .base import PAGE_SIZE, Source, UnitGrid, UnitRead, Urgent, unit_target
 from .boxes import Box, box_shape, chunk_ranges, flat_run_boxes, intersect, shift
-from .chunk_cache import ChunkCache
+from .chunk_cache import RELEASED, ChunkCache, Claims
 
 Coords = tuple[int, ...]
 
@@ -57,6 +57,7 @@ READ_ALL_BYTES = 256 << 20
 """Decoded bytes asked of ``read_chunks`` at once by an eager read (its concurrency, bounded)."""
 
 _STATE_LOCK = threading.Lock()
+_UNIT_SIZES: dict[tuple[Any, ...], int] = {}  # default_unit_bytes by geometry
 _TRANSIENT = ("_cg_cache", "_cg_unit_bytes")  # per process, never pickled
 
 
@@ -98,6 +99,20 @@ class ChunkGridSource(Source):
         wrong size, FetchError for storage) naming the chunk; never yield wrong data. Thread-safe;
         called in the monitor process, so it must not need anything that does not pickle (reopen
         in ``__setstate__``)."""
+
+    def read_chunks_into(self, targets: Sequence[tuple[tuple[int, ...], np.ndarray]]) -> Iterator[ChunkRead]:
+        """Optional: decode chunks straight into the given arrays (each of the chunk's clipped
+        shape and the source's dtype, often a strided view of an install unit), yielding each
+        chunk as it is done with ``data`` that very array (None: missing, the array holds nothing
+        or the fill value). The default decodes with :meth:`read_chunks` and copies; a subclass
+        whose library decodes into a given buffer overrides it and saves that copy."""
+        views = dict(targets)
+        for read in self.checked_chunks(list(views)):
+            if read.data is None:
+                yield read
+            else:
+                views[read.coords][...] = read.data
+                yield ChunkRead(read.coords, views[read.coords], read.stored_bytes)
 
     def chunk_present(self, coords: tuple[int, ...]) -> bool | None:
         """Whether the chunk is stored, if known without fetching anything (None: unknown). A
@@ -147,48 +162,61 @@ class ChunkGridSource(Source):
 
     # --- unit size --------------------------------------------------------------------------------
     def default_unit_bytes(self) -> int:
-        """The largest page multiple up to ``MAX_UNIT_BYTES`` whose units each meet at most
-        ``max(TOUCH_DECODE_BYTES, 4 * unit)`` bytes of chunks (or as many as one page meets, if
-        more): a touch anywhere decodes a bounded amount, never a whole wide band."""
+        """The largest power-of-two page multiple up to ``MAX_UNIT_BYTES`` whose units each meet
+        at most ``max(TOUCH_DECODE_BYTES, 4 * unit, 2 * what one page meets)`` bytes of chunks: a
+        touch anywhere decodes a bounded amount, never a whole wide band."""
         known = self.__dict__.get("_cg_unit_bytes")
         if known is not None:
             return int(known)
-        unit = PAGE_SIZE
-        if self.nbytes > PAGE_SIZE:
-            page_cost = self._touch_cost(PAGE_SIZE)
-            size = 2 * PAGE_SIZE
-            while size <= MAX_UNIT_BYTES:
-                if self._touch_cost(size) > max(TOUCH_DECODE_BYTES, 4 * size, page_cost):
-                    break
-                unit = size
-                if size >= self.nbytes:
-                    break
-                size *= 2
+        key = (self.shape, self.storage_chunks, self.dtype.itemsize, self.order)
+        if key in _UNIT_SIZES:  # the same geometry opened again in this process: pure arithmetic, known
+            self.__dict__["_cg_unit_bytes"] = _UNIT_SIZES[key]
+            return _UNIT_SIZES[key]
+        # From the largest down: narrow arrays pass at once; for wide ones each large size is
+        # refused at its first sample over the limit (see _touch_cost).
+        size = MAX_UNIT_BYTES
+        while size > PAGE_SIZE and size // 2 >= self.nbytes:
+            size //= 2  # no larger than needed for the whole array
+        floor = max(TOUCH_DECODE_BYTES, 2 * self._touch_cost(PAGE_SIZE))
+        while size > PAGE_SIZE and self._touch_cost(size, max(floor, 4 * size)) > max(floor, 4 * size):
+            size //= 2
+        unit = size
         self.__dict__["_cg_unit_bytes"] = unit
+        if len(_UNIT_SIZES) > 1024:
+            _UNIT_SIZES.clear()
+        _UNIT_SIZES[key] = unit
         return unit
 
-    def _touch_cost(self, unit_bytes: int, samples: int = 12) -> float:
+    def unit_bytes_within(self, budget: int) -> int:
+        """:meth:`default_unit_bytes`, at most a quarter of the budget (a power-of-two page
+        multiple): a unit larger than the budget would make ``max_resident`` meaningless."""
+        unit = PAGE_SIZE
+        while unit * 2 <= budget // 4:
+            unit *= 2
+        return min(self.default_unit_bytes(), unit)
+
+    def _touch_cost(self, unit_bytes: int, limit: float = math.inf, samples: int = 12) -> float:
         """The most decoded chunk bytes one unit of ``unit_bytes`` meets, over units spread
-        through the array and the units straddling the first chunk boundary of the outermost
-        dimension (where a unit meets two bands)."""
+        through the array and the unit straddling the first band boundary (where a unit meets
+        two bands); it stops at the first sample over ``limit``."""
         nunits = -(-self.nbytes // unit_bytes)
-        picks = {nunits * i // samples for i in range(samples)}
+        picks = [nunits * i // samples for i in range(samples)]
         boundary = self.band_bytes()
         if boundary < self.nbytes:
-            picks.add(boundary // unit_bytes)
+            picks.insert(0, boundary // unit_bytes)
         size, chunk = self.dtype.itemsize, self._chunk_bytes()
-        worst = 0
-        for k in picks:
+        worst = 0.0
+        for k in dict.fromkeys(picks):
             lo, hi = k * unit_bytes, min((k + 1) * unit_bytes, self.nbytes)
             boxes = flat_run_boxes(self.shape, lo // size, -(-hi // size), self.order)
             met = [math.prod(len(r) for r in chunk_ranges(box, self.storage_chunks)) for _, box in boxes]
             count = sum(met)
-            if count > 256:  # too many to count exactly (and too many anyway): an upper bound
-                return float(count * chunk)
-            if len(met) > 1:
+            if len(met) > 1 and count * chunk > limit and count <= 4096:  # boxes of a run may share chunks
                 count = len(self._chunks_of(boxes))
-            worst = max(worst, count)
-        return float(worst * chunk)
+            worst = max(worst, float(count * chunk))
+            if worst > limit:
+                break
+        return worst
 
     # --- the decoded-chunk cache, in the monitor's budget -----------------------------------------
     def _cache(self) -> ChunkCache[Coords]:
@@ -229,7 +257,9 @@ class ChunkGridSource(Source):
                   on_urgent: Callable[[int, int], None] | None = None) -> UnitRead:
         offset, length, view = unit_target(grid, unit, out)
         try:
-            return _UnitAssembly(self, offset, length, view).run(urgent, on_urgent)
+            return _UnitAssembly(self, offset, length, view, grid.unit_bytes).run(urgent, on_urgent)
+        except _CallerError as exc:  # the caller's own failure (the installer's), as it was raised
+            raise exc.error from None
         except LazymemError:
             raise
         except Exception as exc:
@@ -290,15 +320,23 @@ class ChunkGridSource(Source):
         return {**super().describe(), "chunk_grid": list(self.chunk_grid_shape)}
 
 
+class _CallerError(Exception):
+    """An exception raised by the caller's ``on_urgent``: passed on untouched (not a source error)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(repr(error))
+        self.error = error
+
+
 class _UnitAssembly:
     """One install unit: its elements placed from the chunks they meet (see ``read_unit``)."""
 
-    def __init__(self, source: ChunkGridSource, offset: int, length: int, view: memoryview) -> None:
+    def __init__(self, source: ChunkGridSource, offset: int, length: int, view: memoryview,
+                 unit_bytes: int) -> None:
         self.source, self.offset, self.length, self.view = source, offset, length, view
         size = self.size = source.dtype.itemsize
         self.lo, self.hi = offset // size, -(-(offset + length) // size)  # elements the unit's bytes meet
-        # Elements whose first byte is in the unit: what this unit takes of the chunks it meets.
-        self.own = (-(-offset // size), -(-(offset + length) // size))
+        self.unit_bytes = unit_bytes
         if offset % size == 0 and length % size == 0:
             self.work = np.frombuffer(view, dtype=source.dtype)  # straight into the unit
             self.direct = True
@@ -333,15 +371,38 @@ class _UnitAssembly:
         self.written = True
 
     def own_elements(self, coords: Coords) -> int:
-        """Elements of chunk ``coords`` this unit takes."""
+        """Elements of chunk ``coords`` this unit takes (an element cut by the unit's edge
+        counts for both units: see ``demand``)."""
         src = self.source
         cbox = src.chunk_box(coords)
         total = 0
-        for _, box in self.own_boxes:
+        for box, _ in self.boxes:
             both = intersect(box, cbox)
             if both is not None:
                 total += math.prod(box_shape(both))
         return total
+
+    def demand(self, coords: Coords) -> int:
+        """How many (unit, element) takings chunk ``coords`` serves in all: its elements, plus
+        one for each element of it that a unit boundary cuts (both units take that one)."""
+        src, size, unit = self.source, self.size, self.unit_bytes
+        cbox = src.chunk_box(coords)
+        count = math.prod(box_shape(cbox))
+        if unit % size == 0 or not cbox:
+            return count
+        # The unit boundaries inside the chunk's span of the image, the elements they cut, and
+        # whether those lie in the chunk (vectorised: only item sizes that do not divide a page).
+        first = int(np.ravel_multi_index([s.start for s in cbox], src.shape, order=src.order))
+        last = int(np.ravel_multi_index([s.stop - 1 for s in cbox], src.shape, order=src.order))
+        bounds = np.arange(-(-(first * size + 1) // unit), ((last + 1) * size - 1) // unit + 1, dtype=np.int64) * unit
+        cut = bounds[bounds % size != 0] // size
+        if not len(cut):
+            return count
+        where = np.unravel_index(cut, src.shape, order=src.order)
+        inside = np.ones(len(cut), dtype=bool)
+        for axis, s in zip(where, cbox, strict=True):
+            inside &= (axis >= s.start) & (axis < s.stop)
+        return count + int(inside.sum())
 
     def flush(self, lo: int, hi: int) -> None:
         """Unit bytes ``[lo, hi)`` from ``work`` into the unit (only when not assembled in place)."""
@@ -352,13 +413,24 @@ class _UnitAssembly:
 
     def run(self, urgent: Urgent | None, on_urgent: Callable[[int, int], None] | None) -> UnitRead:
         src, cache = self.source, self.source._cache()
-        self.own_boxes = flat_run_boxes(src.shape, *self.own, src.order)
         needed = src._chunks_of((0, box) for box, _ in self.boxes)
         reads: dict[Coords, ChunkRead] = {}
         for coords in needed:
             if src.chunk_present(coords) is False:
                 reads[coords] = ChunkRead(coords, None, 0)
         claims = cache.claim(c for c in needed if c not in reads)
+        try:
+            return self._assemble(needed, reads, claims, urgent, on_urgent)
+        except _CallerError:  # claims not decoded yet: their waiters decode them themselves
+            cache.release(claims.mine)
+            raise
+        except BaseException as exc:  # the chunks' own error: their waiters get it too
+            cache.fail(claims.mine, exc if isinstance(exc, Exception) else FormatError(f"{src.url}: interrupted"))
+            raise
+
+    def _assemble(self, needed: list[Coords], reads: dict[Coords, ChunkRead], claims: Claims[Coords],
+                  urgent: Urgent | None, on_urgent: Callable[[int, int], None] | None) -> UnitRead:
+        src, cache = self.source, self.source._cache()
         reads.update(claims.hits)
         taken = list(claims.hits)  # cached chunks this unit takes a part of
         placed: set[Coords] = set()
@@ -371,18 +443,20 @@ class _UnitAssembly:
             u_targets = self._targets(u_lo, u_hi)
             first = set(src._chunks_of((0, box) for box, _ in u_targets))
             first_mine = [c for c in mine if c in first]
-            first_waits = {c: f for c, f in waits.items() if c in first}
-            if len(first_mine) + len(first_waits) < len(mine) + len(waits):  # the rest is not final yet
+            # Only chunks of our own before the rest: a worker never waits for another's chunk
+            # while it holds claims it has not decoded (two workers would wait for each other).
+            if not first.intersection(waits) and len(first_mine) < len(mine) + len(waits):  # the rest is not final
                 self._decode(first_mine, reads, placed)
                 mine = [c for c in mine if c not in first]
-                self._await(first_waits, reads, placed, taken)
-                waits = {c: f for c, f in waits.items() if c not in first}
                 if any(reads[c].data is not None for c in first):  # else maybe a unit of zeros
                     for c in first:
                         if c not in placed:  # cached chunks and missing ones: the urgent piece only, for now
                             self.place(reads[c], u_targets)
                     self.flush(lo, hi)
-                    on_urgent(lo, hi)
+                    try:
+                        on_urgent(lo, hi)
+                    except BaseException as exc:
+                        raise _CallerError(exc) from exc
 
         for coords in claims.hits:
             if reads[coords].data is not None:
@@ -401,24 +475,41 @@ class _UnitAssembly:
         return UnitRead(zeros=False, bytes_fetched=self.fetched)
 
     def _decode(self, coords: list[Coords], reads: dict[Coords, ChunkRead], placed: set[Coords]) -> None:
-        """Decode the chunks this unit claimed, placing each as it comes and handing it to the cache."""
+        """Decode the chunks this unit claimed, placing each as it comes and handing it to the
+        cache; a chunk that lies wholly in this unit (and nowhere else) is decoded in its place."""
         if not coords:
             return
         src, cache = self.source, self.source._cache()
         left = set(coords)
+        # In place only where a chunk found missing cannot spoil a unit of zeros: the source may
+        # write the fill value there, and a zeros unit must leave ``out`` untouched.
+        zero_fill = src._fill_is_zero()
+        inside = {c: view for c in coords
+                  if (not zero_fill or src.chunk_present(c)) and (view := self._place_of(c)) is not None}
         try:
-            for read in src.checked_chunks(coords):
+            if inside:
+                self.written = True  # the source writes into the unit (a missing chunk's fill value too)
+                for read in src.read_chunks_into(list(inside.items())):
+                    where = tuple(read.coords)
+                    if where not in left or where not in inside:
+                        raise CorruptChunkError(f"{src.url}: chunk {where} was read but not asked for (or twice)")
+                    reads[where] = read
+                    if read.data is not None:
+                        placed.add(where)
+                    self._count(read)
+                    left.discard(where)
+                    cache.used_up(where)
+                if left.intersection(inside):
+                    raise FormatError(f"{src.url}: chunks {sorted(left.intersection(inside))[:4]} were never read")
+            for read in src.checked_chunks([c for c in coords if c not in inside]):
                 where = tuple(read.coords)
                 reads[where] = read
                 if read.data is not None:
                     self.place(read, self.boxes)
                     placed.add(where)
-                if read.stored_bytes is None or self.fetched is None:
-                    self.fetched = None
-                else:
-                    self.fetched += read.stored_bytes
+                self._count(read)
                 nbytes = 0 if read.data is None else read.data.nbytes
-                remaining = math.prod(box_shape(src.chunk_box(where))) - self.own_elements(where)
+                remaining = self.demand(where) - self.own_elements(where)
                 left.discard(where)
                 cache.deliver(where, read, nbytes, remaining)
         except BaseException as exc:
@@ -426,11 +517,29 @@ class _UnitAssembly:
             cache.fail(left, error)
             raise
 
+    def _count(self, read: ChunkRead) -> None:
+        if read.stored_bytes is None or self.fetched is None:
+            self.fetched = None
+        else:
+            self.fetched += read.stored_bytes
+
+    def _place_of(self, coords: Coords) -> np.ndarray | None:
+        """The chunk's place in the unit, if the unit holds all of it and no other unit needs any."""
+        cbox = self.source.chunk_box(coords)
+        if self.own_elements(coords) != self.demand(coords):
+            return None
+        for box, target in self.boxes:
+            if intersect(box, cbox) == cbox:
+                return target[shift(cbox, tuple(s.start for s in box))]
+        return None
+
     def _await(self, waits: dict[Coords, Any], reads: dict[Coords, ChunkRead], placed: set[Coords],
                taken: list[Coords]) -> None:
         """Chunks another unit is decoding: wait for each, then place it."""
         for coords, future in waits.items():
             read = future.result()
+            if read is RELEASED:  # its claimer failed for its own reasons: decode it here
+                read = next(self.source.checked_chunks([coords]))
             reads[coords] = read
             taken.append(coords)
             if read.data is not None and coords not in placed:

@@ -9,6 +9,7 @@ unit meets, the decoded-chunk cache, unit sizing, the reader's page first) is
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -91,6 +92,20 @@ class ZarrSource(ChunkGridSource):
         if dtype.hasobject:
             raise FormatError(f"{self.url}: zarr dtype {dtype} holds Python objects, not fixed-size data")
         self._dtype = dtype
+        self._observe(_zarr())
+
+    def _observe(self, zarr: Any) -> None:
+        """The array again, over its store seen through :class:`ObservedStore` (no new request):
+        what chunks cost, which are missing, shard indexes fetched once."""
+        from .zarr_store import ObservedStore, ShardLayout
+
+        metadata = self.array.metadata
+        self._shape = tuple(int(n) for n in self.array.shape)  # asked on every unit: zarr's are properties
+        self._chunks = tuple(int(c) for c in self.array.chunks)
+        self._shards = ShardLayout.of(metadata)
+        self._store = ObservedStore(self.array.store, self._shards)
+        path = zarr.storage.StorePath(self._store, self.array.path)
+        self._reader = zarr.Array(zarr.AsyncArray(metadata=metadata, store_path=path))
 
     def _only_array(self, zarr: Any) -> str:
         """The path of the one array in the group at ``url``; an error listing them otherwise."""
@@ -127,7 +142,7 @@ class ZarrSource(ChunkGridSource):
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(int(n) for n in self.array.shape)
+        return self._shape
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -140,7 +155,7 @@ class ZarrSource(ChunkGridSource):
 
     @property
     def storage_chunks(self) -> tuple[int, ...]:
-        return tuple(int(c) for c in self.array.chunks)
+        return self._chunks
 
     @property
     def hints(self) -> SourceHints:
@@ -167,29 +182,64 @@ class ZarrSource(ChunkGridSource):
             for future in futures:
                 future.cancel()
 
-    def _read_chunk(self, coords: tuple[int, ...]) -> ChunkRead:
+    def read_chunks_into(self, targets: Sequence[tuple[tuple[int, ...], np.ndarray]]) -> Iterator[ChunkRead]:
+        """As :meth:`read_chunks`, zarr decoding each chunk straight into its place in the unit."""
+        if len(targets) == 1:
+            yield self._read_chunk(*targets[0])
+            return
+        futures = [self._executor().submit(self._read_chunk, c, view) for c, view in targets]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+    def _read_chunk(self, coords: tuple[int, ...], out: np.ndarray | None = None) -> ChunkRead:
         from zarr.core.buffer.cpu import NDBuffer
 
+        key, local = self._key(coords)
+        if self.chunk_present(coords) is False:
+            return ChunkRead(coords, None, 0)
         box = self.chunk_box(coords)
-        data = np.empty(box_shape(box), dtype=self.dtype, order=self.order)
+        data = np.empty(box_shape(box), dtype=self.dtype, order=self.order) if out is None else out
         try:
-            self.array.get_basic_selection(box, out=NDBuffer.from_numpy_array(data))
+            self._reader.get_basic_selection(box, out=NDBuffer.from_numpy_array(data))
         except LazymemError:
             raise
         except OSError as exc:
             raise FetchError(f"{self.url}: cannot fetch chunk {coords}: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:
             raise CorruptChunkError(f"{self.url}: chunk {coords} does not decode: {type(exc).__name__}: {exc}") from exc
-        return ChunkRead(coords, data, None)
+        fetched, missing = self._store.take(key)
+        if missing or (local is not None and self._store.inner_chunk_present(key, local) is False):
+            return ChunkRead(coords, None, fetched)  # zarr gave the fill value: no data was fetched
+        return ChunkRead(coords, data, fetched)
+
+    def _key(self, coords: tuple[int, ...]) -> tuple[str, tuple[int, ...] | None]:
+        """The store key holding chunk ``coords`` (its shard's, if sharded), and its place in the shard."""
+        if self._shards is None:
+            return self.array.metadata.encode_chunk_key(coords), None
+        per = self._shards.chunks_per_shard
+        shard = tuple(c // n for c, n in zip(coords, per, strict=True))
+        return self.array.metadata.encode_chunk_key(shard), tuple(c % n for c, n in zip(coords, per, strict=True))
+
+    def chunk_present(self, coords: tuple[int, ...]) -> bool | None:
+        if self._shards is None:
+            return None
+        key, local = self._key(coords)
+        return self._store.inner_chunk_present(key, local) if local is not None else None
 
     def _executor(self) -> ThreadPoolExecutor:
-        pool = self.__dict__.get("_pool")
-        if pool is None:
+        # Per process: a forked child inherits the pool without its threads (work would never run).
+        pid, pool = self.__dict__.get("_pool", (0, None))
+        if pool is None or pid != os.getpid():
             with _POOL_LOCK:
-                pool = self.__dict__.get("_pool")
-                if pool is None:
+                pid, pool = self.__dict__.get("_pool", (0, None))
+                if pool is None or pid != os.getpid():
                     workers = REMOTE_READS if self.hints.remote else LOCAL_READS
-                    pool = self.__dict__["_pool"] = ThreadPoolExecutor(workers, thread_name_prefix="lazymem-zarr")
+                    pool = ThreadPoolExecutor(workers, thread_name_prefix="lazymem-zarr")
+                    self.__dict__["_pool"] = (os.getpid(), pool)
         return pool
 
     def describe(self) -> dict[str, Any]:
