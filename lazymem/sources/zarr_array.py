@@ -170,6 +170,10 @@ class ZarrSource(ChunkGridSource):
     def _read_chunk(self, coords: tuple[int, ...]) -> ChunkRead:
         from zarr.core.buffer.cpu import NDBuffer
 
+        # >>> shard index check (zarr_shards; issue16 item 7): every read, lazy or eager, passes here
+        from .zarr_shards import check_shard_of
+        check_shard_of(self, coords)  # the shard holding this chunk: its index checked (once) before zarr reads it
+        # <<< shard index check
         box = self.chunk_box(coords)
         data = np.empty(box_shape(box), dtype=self.dtype, order=self.order)
         try:
