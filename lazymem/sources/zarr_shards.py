@@ -251,9 +251,10 @@ class ShardChecker:
 
         n = self.spec.index_bytes
         request = RangeByteRequest(0, n) if self.spec.at_start else SuffixByteRequest(n)
-        size, index = await asyncio.gather(path.store.getsize(path.path),
-                                           path.get(prototype=default_buffer_prototype(), byte_range=request),
-                                           return_exceptions=True)
+        results: tuple[Any, Any] = await asyncio.gather(
+            path.store.getsize(path.path), path.get(prototype=default_buffer_prototype(), byte_range=request),
+            return_exceptions=True)
+        size, index = results
         if isinstance(size, FileNotFoundError) and (index is None or isinstance(index, FileNotFoundError)):
             return None
         if isinstance(size, BaseException):
