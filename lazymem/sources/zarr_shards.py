@@ -12,7 +12,11 @@ index are fetched here and every entry is checked (:func:`check_index`, pure, fu
 * otherwise ``nbytes > 0``, ``offset + nbytes`` fits in 64 bits, and the bytes lie inside the
   shard and outside its index.
 
-Entries sharing bytes are allowed: a writer may store identical inner chunks once.
+* no two entries overlap, unless they are the very same ``(offset, nbytes)`` (a writer may store
+  identical inner chunks once).
+
+An entry pointing at another inner chunk's bytes exactly, of the right size, cannot be told from
+such sharing: only a checksum inside each inner chunk (an inner ``crc32c`` codec) would tell.
 
 Cost per shard, once per process (:class:`ShardChecker` keeps the keys checked, bounded): the
 shard's size (``Store.getsize``: a HEAD over HTTP/S3, a ``stat`` locally) and its index (one ranged
@@ -174,7 +178,30 @@ def check_index(spec: ShardSpec, index: bytes, size: int, where: str) -> np.ndar
         offset, length = int(offsets[i]), int(nbytes[i])
         local = tuple(int(c) for c in np.unravel_index(i, spec.chunks_per_shard))
         raise CorruptChunkError(f"{where}: index entry {i} (inner chunk {local}) {_lie(offset, length, lo, hi, size)}")
+    _check_overlaps(spec, table, present, where)
     return table
+
+
+def _check_overlaps(spec: ShardSpec, table: np.ndarray, present: np.ndarray, where: str) -> None:
+    """Two entries whose bytes overlap without being the same bytes: one of them is another chunk's
+    data (or a piece of it). The very same ``(offset, nbytes)`` twice is allowed (shared bytes)."""
+    rows = np.unique(table[present], axis=0)  # sorted by offset, then nbytes
+    if len(rows) < 2:
+        return
+    ends = rows[:, 0] + rows[:, 1]  # no overflow: each entry lies inside the shard
+    reach = np.maximum.accumulate(ends)[:-1]
+    clash = reach > rows[1:, 0]
+    if not clash.any():
+        return
+    k = int(np.argmax(clash)) + 1
+    before = int(np.argmax(ends[:k] == reach[k - 1]))  # the earlier range it runs into
+    first = [int(np.argmax((table[:, 0] == rows[j, 0]) & (table[:, 1] == rows[j, 1]))) for j in (k, before)]
+    i, other = max(first), min(first)
+    offset, length = (int(v) for v in table[i])
+    o_off, o_len = (int(v) for v in table[other])
+    local = tuple(int(c) for c in np.unravel_index(i, spec.chunks_per_shard))
+    raise CorruptChunkError(f"{where}: index entry {i} (inner chunk {local}) places an inner chunk at bytes "
+                            f"{offset}..{offset + length}, overlapping entry {other}'s bytes {o_off}..{o_off + o_len}")
 
 
 def _lie(offset: int, length: int, lo: int, hi: int, size: int) -> str:
