@@ -395,3 +395,24 @@ def test_a_lying_shard_raises_over_http(http_store: Any) -> None:
     _rewrite_entry(store, "1/0", 3, _lie("past the end", _spec(store)))
     with pytest.raises(CorruptChunkError, match=re.escape("shard c/1/0: index entry 3 (inner chunk (0, 3))")):
         lazymem.load(f"{http_store.url}/s.zarr")
+
+
+@pytest.mark.filterwarnings("ignore:Combining a `sharding_indexed` codec:UserWarning")
+def test_a_transposed_sharded_array_is_checked_on_the_shard_grid(tmp_path: Path) -> None:
+    """A transpose before the shards: zarr's chunk grid is then the shards' (whole shards read),
+    and the index is laid out over the transposed shard."""
+    data = np.arange(40 * 60, dtype="<i4").reshape(40, 60)
+    codec = zarr.codecs.ShardingCodec(chunk_shape=(10, 5), codecs=[zarr.codecs.BytesCodec()],
+                                      index_codecs=[zarr.codecs.BytesCodec()])
+    z = zarr.create_array(store=str(tmp_path / "t.zarr"), shape=data.shape, dtype=data.dtype, chunks=(20, 30),
+                          filters=[zarr.codecs.TransposeCodec(order=(1, 0))], serializer=codec, compressors=None,
+                          zarr_format=3)
+    z[...] = data
+    store = tmp_path / "t.zarr"
+    assert _spec(store).chunks_per_shard == (3, 4)
+    assert_same_array(lazymem.load(str(store)), data)
+    shard = store / "c" / "1" / "1"
+    _rewrite_entry(store, "1/1", 0, (shard.stat().st_size, 200))
+    with pytest.raises(CorruptChunkError, match=re.escape("shard c/1/1: index entry 0 (inner chunk (0, 0)) places "
+                                                          "an inner chunk at bytes 2592..2792, past the shard's end")):
+        lazymem.load(str(store))
