@@ -416,3 +416,23 @@ def test_a_transposed_sharded_array_is_checked_on_the_shard_grid(tmp_path: Path)
     with pytest.raises(CorruptChunkError, match=re.escape("shard c/1/1: index entry 0 (inner chunk (0, 0)) places "
                                                           "an inner chunk at bytes 2592..2792, past the shard's end")):
         lazymem.load(str(store))
+
+
+def test_a_lying_shard_raises_over_s3_and_a_missing_one_is_the_fill(s3_store: Any, tmp_path: Path) -> None:
+    import s3fs
+
+    store = _sharded(tmp_path / "s.zarr", location="end", checksum=True)
+    _rewrite_entry(store, "1/0", 2, _lie("into the index", _spec(store)))
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3_store.storage_options)
+    for path in sorted(p for p in store.rglob("*") if p.is_file()):
+        fs.pipe(f"test/s.zarr/{path.relative_to(store)}", path.read_bytes())
+    fs.pipe("test/m.zarr/zarr.json", (store / "zarr.json").read_bytes())  # the metadata, no shard: all fill
+    options = s3_store.storage_options
+    with pytest.raises(CorruptChunkError, match=re.escape("shard c/1/0: index entry 2 (inner chunk (0, 2))")):
+        lazymem.load("s3://test/s.zarr", storage_options=options)
+    a = lazymem.open("s3://test/s.zarr", storage_options=options, readahead=0, chunk_bytes=4096)
+    assert_same_array(np.asarray(a[:190]), DATA[:190])
+    with pytest.raises(lazymem.LazymemError, match=re.escape("shard c/1/0: index entry 2")):
+        a.prefetch(np.s_[200:210])
+    a.close()
+    assert_same_array(lazymem.load("s3://test/m.zarr", storage_options=options), np.full_like(DATA, -7))
