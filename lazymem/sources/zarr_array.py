@@ -201,6 +201,11 @@ class ZarrSource(ChunkGridSource):
         key, local = self._key(coords)
         if self.chunk_present(coords) is False:
             return ChunkRead(coords, None, 0)
+        # Every read, lazy or eager, passes here: the shard holding this chunk has its index checked
+        # (once per process) before zarr-python reads from it (zarr_shards).
+        from .zarr_shards import check_shard_of
+
+        check_shard_of(self, coords)
         box = self.chunk_box(coords)
         data = np.empty(box_shape(box), dtype=self.dtype, order=self.order) if out is None else out
         try:
