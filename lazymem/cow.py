@@ -156,11 +156,7 @@ class PrivateView:
 
     def _unmap(self) -> None:
         if self.address:
-            try:
-                uffd.unregister(self.client.uffd, self.address, self.length)
-            except OSError:
-                pass
-            uffd.unmap(self.address, self.length)
+            uffd.release(self.client.uffd, self.address, self.length)
             self.address = 0
         self.carrier.copies.discard(self)
         self._keep = None  # the carrier may go now

@@ -162,11 +162,7 @@ class Region:
 
     def _unmap(self) -> None:
         if self.address:
-            try:
-                uffd.unregister(self.client.uffd, self.address, self.length)
-            except OSError:
-                pass
-            uffd.unmap(self.address, self.length)
+            uffd.release(self.client.uffd, self.address, self.length)
             self.address = 0
         if self.memfd >= 0:
             os.close(self.memfd)

@@ -411,6 +411,15 @@ def unmap(address: int, length: int) -> None:
     _check(_libc.munmap(ctypes.c_void_p(address), length))
 
 
+def release(fd: int, address: int, length: int) -> None:
+    """Unregister a range from the userfaultfd ``fd`` (it may be gone already) and unmap it."""
+    try:
+        unregister(fd, address, length)
+    except OSError:
+        pass
+    unmap(address, length)
+
+
 def protect(address: int, length: int, prot: int) -> None:
     _check(_libc.mprotect(ctypes.c_void_p(address), length, prot))
 
