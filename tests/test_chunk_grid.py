@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from lazymem.errors import CorruptChunkError
 from lazymem.sources.base import PAGE_SIZE, Order, SourceHints
 from lazymem.sources.boxes import box_shape
-from lazymem.sources.chunk_grid import ChunkGridSource, ChunkRead
+from lazymem.sources.chunk_grid import BASE_UNIT_BYTES, MAX_UNIT_BYTES, ChunkGridSource, ChunkRead
 
 from .source_conformance import SourceTests
 
@@ -417,7 +417,9 @@ def test_an_element_cut_by_a_unit_boundary_is_taken_by_both_units(chunks: tuple[
 
 
 def test_a_budget_keeps_a_few_units() -> None:
-    source = BlockSource(np.zeros((2048, 3072)), (64, 3072))  # 48 MiB: whole 16 MiB units by default
-    assert source.default_unit_bytes() == 16 << 20
-    assert source.unit_bytes_within(4 << 20) == 1 << 20 and source.unit_bytes_within(1 << 30) == 16 << 20
+    source = BlockSource(np.zeros((2048, 3072)), (64, 3072))  # 48 MiB, bands of 1.5 MiB: 4 MiB units
+    assert source.default_unit_bytes() == BASE_UNIT_BYTES == 4 << 20
+    assert source.unit_bytes_within(2 << 20) == 512 << 10 and source.unit_bytes_within(1 << 30) == 4 << 20
+    wide = BlockSource(np.zeros((2048, 3072)), (512, 3072))  # bands of 12 MiB: 16 MiB units, a band each
+    assert wide.default_unit_bytes() == MAX_UNIT_BYTES == 16 << 20
     assert source.unit_bytes_within(1000) == PAGE_SIZE

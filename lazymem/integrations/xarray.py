@@ -56,9 +56,9 @@ UNITS_PER_BLOCK = 4
 """dask blocks (``chunks={}``) span at least this many install units: two blocks that share a unit
 both fetch it when two worker processes run them, so a block of 4 units costs at most 5 (1.25x)."""
 
-MAX_UNIT_BYTES = 16 << 20
-"""The largest install unit a chunked source (zarr, HDF5) chooses by itself: without opening the
-array (``chunk_bytes`` not given), blocks are sized for units this large."""
+# The largest unit a chunked source (zarr, HDF5) chooses by itself: without opening the array
+# (``chunk_bytes`` not given), blocks are sized for units this large.
+from ..sources.chunk_grid import MAX_UNIT_BYTES  # noqa: E402
 
 
 @dataclass

@@ -8,8 +8,9 @@ A subclass says what the array is (``shape``, ``dtype``, ``order``, ``storage_ch
   memory order: a few N-d boxes (:func:`~lazymem.sources.boxes.flat_run_boxes`), each meeting a
   block of chunks (see ``../shared/DESIGN.md``, "N-d chunked sources").
 * **how big a unit is** (:meth:`ChunkGridSource.default_unit_bytes`): as large as possible (up to
-  16 MiB, fewer faults and installs) while a one-element touch decodes at most ``TOUCH_DECODE_BYTES``
-  of chunks or four times the unit, whichever is more. A narrow array gets whole chunk-row bands;
+  16 MiB: fewer faults and installs), but no larger than one band of chunks or 4 MiB, whichever is
+  more (a sliver costs a unit), and such that a one-element touch decodes at most
+  ``TOUCH_DECODE_BYTES`` of chunks or four times the unit, whichever is more. A narrow array gets whole chunk-row bands;
   a wide one gets units of a few pages that meet a few chunks, never a whole wide band.
 * **decoded chunks kept between units** (:class:`~lazymem.sources.chunk_cache.ChunkCache`): the
   parts of a chunk that the unit being read does not need wait there for the units that do, so a
@@ -47,7 +48,13 @@ from .chunk_cache import RELEASED, ChunkCache, Claims
 Coords = tuple[int, ...]
 
 MAX_UNIT_BYTES = 16 << 20
-"""Largest install unit chosen by default (as the flat formats' chunk size)."""
+"""Largest install unit chosen by default."""
+BASE_UNIT_BYTES = 4 << 20
+"""Units are no larger than one band of chunks (rounded up to a power of two) or this, whichever is
+more. A touch installs, and fetches, at least a unit: units of several bands made a sliver of a
+narrow array cost several chunks (16 MiB units: one time step of a 2 MiB-chunk array fetched 15 MiB,
+zarr 0.9 MiB); units of a whole band cost nothing more to decode (a page already meets the band's
+chunks along its row) and need no cache to decode each chunk once."""
 TOUCH_DECODE_BYTES = 32 << 20
 """Decoded chunk bytes a one-element touch may cost (unless the unit's own size, or a single page's
 chunks, need more): 8 chunks of 4 MiB."""
@@ -175,8 +182,9 @@ class ChunkGridSource(Source):
         # From the largest down: narrow arrays pass at once; for wide ones each large size is
         # refused at its first sample over the limit (see _touch_cost).
         size = MAX_UNIT_BYTES
-        while size > PAGE_SIZE and size // 2 >= self.nbytes:
-            size //= 2  # no larger than needed for the whole array
+        cap = min(max(BASE_UNIT_BYTES, self.band_bytes()), self.nbytes)
+        while size > PAGE_SIZE and size // 2 >= cap:
+            size //= 2  # the smallest power of two holding a band (or BASE_UNIT_BYTES, or the array)
         floor = max(TOUCH_DECODE_BYTES, 2 * self._touch_cost(PAGE_SIZE))
         while size > PAGE_SIZE and self._touch_cost(size, max(floor, 4 * size)) > max(floor, 4 * size):
             size //= 2
