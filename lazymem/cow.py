@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .kernel import userfaultfd as uffd
+from .kernel.limits import mapping_bytes
 from .monitor import live
 from .monitor.client import MonitorClient
 from .region import Region, _register_mode
@@ -108,7 +109,7 @@ class PrivateView:
             return 0
         if self.carrier.huge_page:
             return _written_huge_pages(self.address, self.length, self.page_size)
-        return _anonymous_bytes(self.address)
+        return mapping_bytes(self.address, "Anonymous")  # the pages written (copied)
 
     # --- what the client asks of every live region (fork, monitor restart) ------------------------
     def announce_again(self, control: socket.socket) -> None:
@@ -163,21 +164,6 @@ class PrivateView:
 
 
 MADV_DONTNEED = 4
-
-
-def _anonymous_bytes(address: int) -> int:
-    """``Anonymous`` bytes of the mapping starting at ``address``: the pages written (copied)."""
-    inside = False
-    with open("/proc/self/smaps") as smaps:
-        for line in smaps:
-            head = line.split(maxsplit=1)[0]
-            if not head.endswith(":"):  # a mapping's first line: "start-end perms ..."
-                if inside:
-                    break
-                inside = int(head.split("-")[0], 16) == address
-            elif inside and head == "Anonymous:":
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 _PAGEMAP_MOST = 1 << 30

@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import ClosedArrayError
 from .kernel import userfaultfd as uffd
+from .kernel.limits import mapping_bytes
 from .kernel.userfaultfd import PAGE_SIZE
 
 MADV_DONTNEED = 4
@@ -153,20 +154,7 @@ class MappedArray(np.memmap):
         the page cache, which ``evict`` does not empty."""
         self._state()
         address, length = _mapping_start(self), uffd.round_up(len(self._mmap))
-        return _rss(address) // PAGE_SIZE, length // PAGE_SIZE
-
-
-def _rss(address: int) -> int:
-    """Resident bytes of the mapping that starts at ``address`` in this process."""
-    inside = False
-    with open("/proc/self/smaps") as smaps:
-        for line in smaps:
-            head = line.split(maxsplit=1)[0]
-            if not head.endswith(":"):  # a mapping's first line: "start-end perms ..."
-                inside = int(head.split("-")[0], 16) == address
-            elif inside and head == "Rss:":
-                return int(line.split()[1]) * 1024
-    return 0
+        return mapping_bytes(address, "Rss") // PAGE_SIZE, length // PAGE_SIZE
 
 
 def _mapping_start(arr: MappedArray) -> int:

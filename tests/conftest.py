@@ -8,6 +8,7 @@ import select
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -86,6 +87,25 @@ def wait_for_exit(pid: int, timeout: float = 30.0) -> bool:
         return bool(poller.poll(timeout * 1000))
     finally:
         os.close(fd)
+
+
+def report_from_forked_child(work: Callable[[], str]) -> str:
+    """Run ``work`` in a forked child and return what it reported (it must exit cleanly)."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write_fd, work().encode())
+            os._exit(0)
+        except BaseException as exc:  # noqa: BLE001 - a forked child must never return into pytest
+            os.write(write_fd, repr(exc).encode())
+            os._exit(1)
+    os.close(write_fd)
+    report = os.read(read_fd, 1000).decode()
+    os.close(read_fd)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, report
+    return report
 
 
 def assert_same_array(got: np.ndarray, want: np.ndarray) -> None:

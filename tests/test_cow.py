@@ -17,7 +17,7 @@ import pytest
 import lazymem
 from lazymem import cow
 
-from .conftest import PAGE, ROOT, assert_same_array, run_python, wait_for_exit
+from .conftest import PAGE, ROOT, assert_same_array, report_from_forked_child, run_python, wait_for_exit
 from .test_huge_pages import pool as pool  # the fixture
 
 
@@ -211,24 +211,6 @@ def test_evictions_under_budget_pressure_never_lose_written_pages(tmp_path: Path
     assert_same_array(b, want)
 
 
-def _in_forked_child(work: Callable[[], str]) -> str:
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.write(write_fd, work().encode())
-            os._exit(0)
-        except BaseException as exc:  # noqa: BLE001 - a forked child must never return into pytest
-            os.write(write_fd, repr(exc).encode())
-            os._exit(1)
-    os.close(write_fd)
-    report = os.read(read_fd, 1000).decode()
-    os.close(read_fd)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, report
-    return report
-
-
 def test_a_forked_child_keeps_its_own_copy_on_write_semantics(field) -> None:
     path, src = field
     a = lazymem.open(path, readahead=0)
@@ -247,7 +229,7 @@ def test_a_forked_child_keeps_its_own_copy_on_write_semantics(field) -> None:
         c[2] = 3.0
         return f"{ok} {np.array_equal(b, mine)} {np.array_equal(a, src)} {lazymem.stats(b).private_bytes > 0}"
 
-    assert _in_forked_child(in_child) == "True True True True"
+    assert report_from_forked_child(in_child) == "True True True True"
     assert_same_array(b, want)
     assert_same_array(a, src)
 

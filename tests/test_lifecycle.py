@@ -6,7 +6,6 @@ import gc
 import os
 import signal
 import subprocess
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ import lazymem
 from lazymem.monitor.client import get_client
 from lazymem.region import live_regions
 
-from .conftest import run_python, wait_for_exit
+from .conftest import report_from_forked_child, run_python, wait_for_exit
 
 
 def _fds() -> int:
@@ -171,7 +170,7 @@ def test_forked_child_reads_untouched_chunks_and_shares_installed_ones(field) ->
         # The child installed the 9 chunks the parent had not; chunk 0 came from the page cache.
         return f"{ok} {lazymem.stats(a).chunks_installed}"
 
-    assert _report_from_a_forked_child(in_child) == "True 9"
+    assert report_from_forked_child(in_child) == "True 9"
     # Chunks the child installed are in the shared page cache: the parent maps them (with no fault
     # at all after UFFDIO_COPY installs, or a minor fault and UFFDIO_CONTINUE after zero-copy ones)
     # without fetching or decompressing anything again.
@@ -285,23 +284,6 @@ def test_a_region_the_parent_released_after_the_fork_is_gone_for_the_child_not_a
         gone = child.request("fork", client=child.uffd_key, parent=parent_key, region_ids=[10**9])
         return f"{gone} {np.array_equal(a, src)}"  # the regions the child did get still serve it
 
-    assert _report_from_a_forked_child(in_child) == "[1000000000] True"
+    assert report_from_forked_child(in_child) == "[1000000000] True"
 
 
-def _report_from_a_forked_child(work: Callable[[], str]) -> str:
-    """Run ``work`` in a forked child and return what it reported (it must exit cleanly)."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.write(write_fd, work().encode())
-            os._exit(0)
-        except BaseException as exc:  # noqa: BLE001 - a forked child must never return into pytest
-            os.write(write_fd, repr(exc).encode())
-            os._exit(1)
-    os.close(write_fd)
-    report = os.read(read_fd, 1000).decode()
-    os.close(read_fd)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, report
-    return report

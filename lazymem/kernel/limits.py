@@ -1,4 +1,5 @@
-"""What the kernel lets us have: resource limits the design needs raised, and memory (/proc/meminfo)."""
+"""What the kernel lets us have: resource limits the design needs raised, and memory (/proc/meminfo,
+/proc/self/smaps)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,19 @@ def meminfo() -> dict[str, int]:
     finally:
         os.close(fd)
     return {name.decode(): int(number) * (1024 if kib else 1) for name, number, kib in _MEMINFO_LINE.findall(data)}
+
+
+def mapping_bytes(address: int, field: str) -> int:
+    """Bytes of ``field`` (``"Rss"``, ``"Anonymous"``...) of this process's mapping that starts at
+    ``address``, from ``/proc/self/smaps`` (0 if there is no such mapping)."""
+    inside, key = False, field + ":"
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split(maxsplit=1)[0]
+            if not head.endswith(":"):  # a mapping's first line: "start-end perms ..."
+                if inside:
+                    break
+                inside = int(head.split("-")[0], 16) == address
+            elif inside and head == key:
+                return int(line.split()[1]) * 1024
+    return 0

@@ -171,23 +171,17 @@ class ZarrSource(ChunkGridSource):
     def read_chunks(self, coords: Sequence[tuple[int, ...]]) -> Iterator[ChunkRead]:
         """Each chunk decoded by zarr-python (``get_basic_selection`` of its box, into a buffer of
         its own), several at once on a thread pool: zarr's event loop overlaps their fetches."""
-        if len(coords) == 1:
-            yield self._read_chunk(coords[0])
-            return
-        futures = [self._executor().submit(self._read_chunk, c) for c in coords]
-        try:
-            for future in as_completed(futures):
-                yield future.result()
-        finally:
-            for future in futures:
-                future.cancel()
+        return self._read_concurrently([(c, None) for c in coords])
 
     def read_chunks_into(self, targets: Sequence[tuple[tuple[int, ...], np.ndarray]]) -> Iterator[ChunkRead]:
         """As :meth:`read_chunks`, zarr decoding each chunk straight into its place in the unit."""
+        return self._read_concurrently(targets)
+
+    def _read_concurrently(self, targets: Sequence[tuple[tuple[int, ...], np.ndarray | None]]) -> Iterator[ChunkRead]:
         if len(targets) == 1:
             yield self._read_chunk(*targets[0])
             return
-        futures = [self._executor().submit(self._read_chunk, c, view) for c, view in targets]
+        futures = [self._executor().submit(self._read_chunk, c, out) for c, out in targets]
         try:
             for future in as_completed(futures):
                 yield future.result()
